@@ -1,0 +1,53 @@
+"""The only place hostkvm calls ``fcntl.ioctl``.
+
+Every request goes through :func:`ioctl`, which checks the argument's size against
+the size encoded in the request number and turns a failure into
+:class:`~hostkvm.errors.KvmIoctlError` naming the ioctl and its context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+from collections.abc import Callable
+
+from hostkvm._uapi.ioctls import IOCTL_ARG_TYPE, KvmIoctl
+from hostkvm.errors import KvmIoctlError
+
+_IOC_SIZESHIFT = 16
+_IOC_SIZEMASK = (1 << 14) - 1
+
+
+def ioctl_arg_size(request: KvmIoctl) -> int:
+    """The argument size encoded in *request* (``_IOC_SIZE``)."""
+    return (int(request) >> _IOC_SIZESHIFT) & _IOC_SIZEMASK
+
+
+def ioctl(
+    fd: int,
+    request: KvmIoctl,
+    arg: int | ctypes.Structure | ctypes.Array = 0,  # type: ignore[type-arg]
+    context: str | Callable[[], str] = "",
+) -> int:
+    """Issue *request* on *fd*.
+
+    *arg* is an integer, or a ctypes object the kernel reads and/or writes in place.
+    *context* (a string, or a callable producing one only on failure) names the
+    arguments in the error message.
+    """
+    if not isinstance(arg, int):
+        want = ioctl_arg_size(request)
+        have = ctypes.sizeof(arg)
+        if want and have < want:
+            raise TypeError(f"{request.name}: argument of {have} bytes, the request encodes {want}")
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    except OSError as e:
+        ctx = context() if callable(context) else context
+        raise KvmIoctlError(request.name, e.errno or errno.EIO, ctx) from None
+
+
+def expected_arg_type(request: KvmIoctl) -> type[ctypes.Structure] | None:
+    """The ctypes type the kernel expects for *request* (``None``: an integer)."""
+    return IOCTL_ARG_TYPE[request]
