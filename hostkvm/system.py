@@ -16,6 +16,7 @@ from hostkvm.vm import Vm
 _ioctl = _syscall.ioctl
 
 DEV_KVM = "/dev/kvm"
+DEV_KVM_ENV = "HOSTKVM_DEV_KVM"  # overrides the device path (another node, or tests)
 
 # CPUID.80000001H:EDX bit 26: 1-GByte pages (PDPE1GB)
 X86_FEATURE_GBPAGES = (0x80000001, "edx", 26)
@@ -25,7 +26,7 @@ def _close_fd(fd: int) -> None:
     os.close(fd)
 
 
-def open_dev_kvm(path: str = DEV_KVM) -> int:
+def open_dev_kvm(path: str) -> int:
     """Open *path* read-write; a missing or unopenable device raises KvmUnavailableError
     with what to do about it."""
     try:
@@ -52,7 +53,9 @@ class Kvm:
     are read once here.
     """
 
-    def __init__(self, path: str = DEV_KVM) -> None:
+    def __init__(self, path: str | None = None) -> None:
+        if path is None:
+            path = os.environ.get(DEV_KVM_ENV, DEV_KVM)
         self.path = path
         self.fd = open_dev_kvm(path)
         self._finalizer = weakref.finalize(self, _close_fd, self.fd)
