@@ -7,6 +7,7 @@ import errno
 import mmap
 import os
 import signal
+import struct
 import threading
 import weakref
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from hostkvm.vm import Vm
 
 _IMMEDIATE_EXIT_OFF = kvm_run.immediate_exit.offset
+_VALID_REGS_OFF = kvm_run.kvm_valid_regs.offset
+_SYNC_REGS_OFF = kvm_run.s.offset  # kvm_run.s.regs.regs: struct kvm_regs comes first
+_SYNC_RIP_OFF = _SYNC_REGS_OFF + kvm_regs.rip.offset
+_u64 = struct.Struct("<Q").unpack_from
 _EXIT_REASON_OFF = kvm_run.exit_reason.offset
 _INTR = IntrExit()
 _KVM_RUN = KvmIoctl.KVM_RUN
@@ -171,6 +176,19 @@ class Vcpu:
                 return _INTR
             raise
         return decode_exit(self._run)
+
+    def set_sync_regs(self, valid: int) -> None:
+        """Ask KVM to store the registers named by *valid* (``KVM_SYNC_X86_*``) in
+        ``kvm_run.s`` on every exit (``KVM_CAP_SYNC_REGS``), so reading them costs no ioctl."""
+        self._run[_VALID_REGS_OFF : _VALID_REGS_OFF + 8] = valid.to_bytes(8, "little")
+
+    def synced_rip(self) -> int:
+        """Guest RIP at the last exit, from ``kvm_run.s.regs`` (needs ``KVM_SYNC_X86_REGS``)."""
+        return _u64(self._run, _SYNC_RIP_OFF)[0]
+
+    def synced_regs(self) -> kvm_regs:
+        """Guest registers at the last exit, from ``kvm_run.s.regs`` (needs ``KVM_SYNC_X86_REGS``)."""
+        return kvm_regs.from_buffer_copy(self._run[_SYNC_REGS_OFF : _SYNC_REGS_OFF + ctypes.sizeof(kvm_regs)])
 
     @property
     def timed_out(self) -> bool:

@@ -68,6 +68,7 @@ class KvmCap(enum.IntEnum):
     KVM_CAP_COALESCED_MMIO = 15
     KVM_CAP_SYNC_MMU = 16
     KVM_CAP_IOEVENTFD = 36
+    KVM_CAP_SYNC_REGS = 74
     KVM_CAP_MAX_VCPUS = 66
     KVM_CAP_READONLY_MEM = 81
     KVM_CAP_X86_SMM = 117
@@ -90,6 +91,11 @@ class KvmIoeventfdFlag(enum.IntFlag):
     KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
     KVM_IOEVENTFD_FLAG_VIRTIO_CCW_NOTIFY = 1 << 3
 
+
+# kvm_run.kvm_valid_regs / kvm_dirty_regs bits (KVM_CAP_SYNC_REGS, asm/kvm.h)
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
 
 # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 argument bits
 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0

@@ -255,3 +255,19 @@ def test_close_is_idempotent_and_closes_vcpus_first(kvm: Kvm) -> None:
         with pytest.raises(OSError):
             os.fstat(fd)
     assert RAM_SIZE and CODE_GPA  # layout constants stay importable for other tests
+
+
+def test_sync_regs_give_rip_at_each_exit_without_an_ioctl(kvm: Kvm) -> None:
+    from hostkvm._uapi.constants import KVM_SYNC_X86_REGS
+
+    assert kvm.check_extension(KvmCap.KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS
+    vm, vcpu = real_mode_vm(kvm, "mov byte ptr [0xa000], 1\nnop\nmov byte ptr [0xa001], 2\nhlt", ram_size=0xA000)
+    with vm:
+        vcpu.set_sync_regs(KVM_SYNC_X86_REGS)
+        rips = []
+        for _ in range(2):
+            assert isinstance(vcpu.run(), MmioExit)
+            rips.append(vcpu.synced_rip())
+            assert vcpu.synced_regs().rip == vcpu.get_regs().rip
+        # Each exit is reported after the store completed: RIP is past the 5-byte store.
+        assert rips == [CODE_GPA + 5, CODE_GPA + 11]
