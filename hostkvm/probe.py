@@ -92,7 +92,7 @@ def tracefs_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "mounted": path is not None,
         "path": path,
-        "mountable": path is None and supported and os.geteuid() == 0
+        "mountable": supported and os.geteuid() == 0
         and Path(TRACEFS_MOUNTPOINTS[0]).is_dir(),
         "events": None,
     }

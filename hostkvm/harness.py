@@ -1,0 +1,477 @@
+"""The harness: turn a :class:`~hostkvm.guest.GuestImage` into a VM, run it, record every
+exit, and report the outcome.
+
+Layering: the CLI and scenarios call this module; it calls the KVM layer
+(:mod:`hostkvm.system`, :mod:`hostkvm.vm`, :mod:`hostkvm.vcpu`), the guest builder and
+the decoder. It never calls ``fcntl.ioctl`` itself.
+
+The hot loop (one iteration per ``KVM_RUN``) does as little as it can: registers come from
+``kvm_run.s.regs`` (``KVM_CAP_SYNC_REGS``) instead of ``KVM_GET_REGS``, MMIO exits are
+recorded as plain tuples, and decoding instructions for reports happens afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostkvm._uapi.constants import KVM_SYNC_X86_REGS, KvmCap, KvmMemFlag
+from hostkvm._uapi.structs import kvm_regs, kvm_sregs
+from hostkvm.asm import decode_one
+from hostkvm.errors import HostKvmError
+from hostkvm.exits import (
+    HltExit,
+    InternalErrorExit,
+    IntrExit,
+    IoExit,
+    MmioExit,
+    ShutdownExit,
+    exit_reason_name,
+)
+from hostkvm.guest import (
+    UCALL_DONE,
+    UCALL_EXCEPTION,
+    UCALL_FAIL,
+    UCALL_PRINT,
+    UCALL_SYNC,
+    GuestImage,
+    build_guest,
+)
+from hostkvm.payload import Payload
+from hostkvm.stats import stats_delta
+from hostkvm.system import X86_FEATURE_GBPAGES, Kvm
+from hostkvm.vcpu import Vcpu
+from hostkvm.vm import Vm
+from hostkvm.x86.state import KVM_REGS_FIELDS, KVM_SREGS_DTABLES, KVM_SREGS_SCALARS, KVM_SREGS_SEGMENTS
+
+_monotonic_ns = time.monotonic_ns
+
+X86_EXCEPTION_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
+    19: "#XM", 20: "#VE", 21: "#CP",
+}
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RecordedExit:
+    """One exit of the payload (ucalls excluded), in order.
+
+    ``rip`` is the guest RIP when ``KVM_RUN`` returned; ``insn_rip`` the start of the
+    instruction that caused the exit (for an MMIO write KVM has already retired it, so RIP
+    points past it); ``ns`` the host time spent in that ``KVM_RUN``.
+    """
+
+    index: int
+    reason: str
+    gpa: int = 0
+    len: int = 0
+    is_write: bool = False
+    data: bytes = b""
+    port: int | None = None
+    rip: int = 0
+    insn_rip: int = 0
+    insn: str = ""
+    where: str = ""
+    ns: int = 0
+    run_index: int = 0
+    events: list[Any] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "reason": self.reason}
+        if self.reason == "KVM_EXIT_MMIO":
+            d.update(gpa=self.gpa, len=self.len, is_write=self.is_write, data=self.data.hex())
+        elif self.reason == "KVM_EXIT_IO":
+            d.update(port=self.port, len=self.len, is_write=self.is_write, data=self.data.hex())
+        d.update(rip=self.insn_rip, insn=self.insn, ns=self.ns)
+        if self.where:
+            d["where"] = self.where
+        if self.events:
+            d["events"] = [e.to_json() if hasattr(e, "to_json") else e for e in self.events]
+        return d
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How the run ended. ``kind`` is one of done, fail, exception, shutdown,
+    internal_error, timeout, unexpected_exit."""
+
+    kind: str
+    message: str = ""
+    vector: int | None = None
+    error_code: int | None = None
+    cr2: int | None = None
+    rip: int | None = None
+    insn: str = ""
+    where: str = ""
+    suberror: int | None = None
+    suberror_name: str = ""
+    insn_bytes: bytes = b""
+    reason: str = ""
+
+    def to_json(self) -> str | dict[str, Any]:
+        if self.kind == "done":
+            return "done"
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "fail":
+            d["message"] = self.message
+        elif self.kind == "exception":
+            d.update(vector=self.vector, name=X86_EXCEPTION_NAMES.get(self.vector or 0, "?"),
+                     error_code=self.error_code, cr2=self.cr2, rip=self.rip, insn=self.insn)
+        elif self.kind == "internal_error":
+            d.update(suberror=self.suberror, suberror_name=self.suberror_name,
+                     insn_bytes=self.insn_bytes.hex(), insn=self.insn, rip=self.rip)
+        elif self.kind == "timeout":
+            d["message"] = self.message
+        elif self.kind == "unexpected_exit":
+            d.update(reason=self.reason, rip=self.rip)
+        if self.where:
+            d["where"] = self.where
+        return d
+
+    def describe(self) -> str:
+        if self.kind == "done":
+            return "done"
+        if self.kind == "fail":
+            return f"fail: {self.message}"
+        if self.kind == "exception":
+            name = X86_EXCEPTION_NAMES.get(self.vector or 0, "?")
+            return (f"exception {name} (vector {self.vector}) error_code {self.error_code:#x} "
+                    f"cr2 {self.cr2:#x} rip {self.rip:#x}: {self.insn}"
+                    + (f" ({self.where})" if self.where else ""))
+        if self.kind == "internal_error":
+            return (f"internal_error {self.suberror_name} rip {self.rip:#x} insn bytes "
+                    f"{self.insn_bytes.hex() or '(none)'}: {self.insn}"
+                    + (f" ({self.where})" if self.where else ""))
+        if self.kind == "timeout":
+            return f"timeout: {self.message}"
+        if self.kind == "unexpected_exit":
+            return f"unexpected exit {self.reason} at rip {self.rip:#x}"
+        return self.kind
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Everything one payload run produced."""
+
+    image: GuestImage
+    outcome: Outcome
+    exits: list[RecordedExit]
+    vcpu_stats: dict[str, int]
+    vm_stats: dict[str, int]
+    prints: list[str]
+    syncs: list[int]
+    wall_ns: int
+    runs: int  # KVM_RUN calls, ucalls included
+
+    @property
+    def mmio_exits(self) -> list[RecordedExit]:
+        return [e for e in self.exits if e.reason == "KVM_EXIT_MMIO"]
+
+
+# SyncHandler(machine, vcpu, value) -> value for the guest's rax (None: leave it).
+SyncHandler = Callable[["Machine", Vcpu, int], "int | None"]
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+
+def _apply_cpu_state(vcpu: Vcpu, image: GuestImage) -> None:
+    cpu = image.cpu
+    sregs: kvm_sregs = vcpu.get_sregs()
+    for name in KVM_SREGS_SEGMENTS:
+        seg = getattr(cpu, name)
+        dst = getattr(sregs, name)
+        for f in ("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable"):
+            setattr(dst, f, getattr(seg, f))
+    for name in KVM_SREGS_DTABLES:
+        t = getattr(cpu, name)
+        getattr(sregs, name).base = t.base
+        getattr(sregs, name).limit = t.limit
+    for name in KVM_SREGS_SCALARS:
+        setattr(sregs, name, getattr(cpu, name))
+    vcpu.set_sregs(sregs)
+    regs = kvm_regs()
+    for name in KVM_REGS_FIELDS:
+        setattr(regs, name, cpu.regs.get(name, 0))
+    vcpu.set_regs(regs)
+
+
+def regs_dict(regs: kvm_regs) -> dict[str, int]:
+    return {name: getattr(regs, name) for name in KVM_REGS_FIELDS}
+
+
+class Machine:
+    """A VM built from a guest image: its memslots, blobs and vCPUs in the image's state.
+
+    ``Machine(image)`` opens ``/dev/kvm`` (or uses *kvm*), creates the VM, one memslot per
+    ``harness``/``ram`` region (``ro`` → ``KVM_MEM_READONLY``), copies the blobs and
+    creates *nr_vcpus* vCPUs in the initial state. Close it (or use ``with``).
+    """
+
+    def __init__(self, image: GuestImage, *, kvm: Kvm | None = None, nr_vcpus: int = 1) -> None:
+        self.image = image
+        self._own_kvm = kvm is None
+        self.kvm = Kvm() if kvm is None else kvm
+        self.vm: Vm | None = None
+        try:
+            self.vm = self.kvm.create_vm()
+            for region in image.regions:
+                if region.kind == "mmio":
+                    continue
+                flags = KvmMemFlag.KVM_MEM_READONLY if region.readonly else 0
+                self.vm.add_memslot(region.gpa, region.size, flags=flags)
+            for blob in image.blobs:
+                self.vm.write(blob.gpa, blob.data)
+            self._cpuid = self.kvm.get_supported_cpuid()
+            self.vcpus = [self.add_vcpu() for _ in range(nr_vcpus)]
+        except BaseException:
+            self.close()
+            raise
+
+    def add_vcpu(self) -> Vcpu:
+        assert self.vm is not None
+        vcpu = self.vm.create_vcpu()
+        vcpu.set_cpuid2(self._cpuid)
+        _apply_cpu_state(vcpu, self.image)
+        vcpu.set_sync_regs(KVM_SYNC_X86_REGS)
+        return vcpu
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.close()
+        if self._own_kvm:
+            self.kvm.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- guest memory by gva --------------------------------------------------------------------
+    def read_gva(self, gva: int, length: int) -> bytes:
+        """Read guest memory through the image's mappings (identity for the harness)."""
+        assert self.vm is not None
+        gpa = self.image.gva_to_gpa(gva)
+        if gpa is None:
+            raise HostKvmError(f"gva {gva:#x} is not mapped by the payload's page tables")
+        return self.vm.read(gpa, length)
+
+    def decode_at(self, gva: int) -> tuple[str, int]:
+        """``("mnemonic operands", length)`` of the instruction at *gva* (length 0 if unreadable)."""
+        try:
+            code = self.read_gva(gva, 15)
+        except HostKvmError:
+            try:
+                code = self.read_gva(gva, 1)
+            except HostKvmError:
+                return "(not in guest memory)", 0
+        insn = decode_one(code, gva, self.image.bits)
+        if insn is None:
+            return f"(undecodable: {code.hex()})", 0
+        return insn.text, insn.size
+
+    def where(self, gva: int) -> str:
+        gpa = self.image.gva_to_gpa(gva)
+        entry = self.image.line_for_gpa(gpa) if gpa is not None else None
+        return f"{entry.where}: {entry.text.strip()}" if entry is not None and entry.line is not None else ""
+
+    def instruction_for_exit(self, rip: int, rcx: int, is_write: bool) -> tuple[int, str]:
+        """The start and text of the instruction behind an MMIO exit.
+
+        KVM's emulator retires an MMIO write before the exit (``x86.c:x86_emulate_instruction()``
+        writes back RIP unless a read is pending), so RIP points past the instruction; a
+        read leaves RIP on it. A ``rep`` string instruction that has iterations left is
+        restarted, so RIP stays on it (RCX > 0).
+        """
+        text, _ = self.decode_at(rip)
+        if not is_write or (text.startswith("rep") and rcx != 0):
+            return rip, text
+        gpa = self.image.gva_to_gpa(rip)
+        entry = self.image.line_table and self.image.line_for_gpa(gpa - 1) if gpa is not None else None
+        if entry and entry.gpa + entry.size == gpa:
+            start = rip - entry.size
+            return start, self.decode_at(start)[0]
+        # Not payload code (or no line table): find an instruction that ends exactly at RIP.
+        for back in range(1, 16):
+            t, n = self.decode_at(rip - back)
+            if n == back:
+                return rip - back, t
+        return rip, text
+
+    def linear(self, rip: int) -> int:
+        """Linear address of *rip* (real16: CS base + IP)."""
+        return (self.image.cpu.cs.base + rip) if self.image.mode == "real16" else rip
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def run_machine(
+    machine: Machine,
+    *,
+    vcpu: Vcpu | None = None,
+    timeout: float | None = None,
+    on_sync: SyncHandler | None = None,
+    on_run: Callable[[int, int, int], None] | None = None,
+    max_exits: int | None = None,
+) -> RunResult:
+    """Run *vcpu* (default: the first) until the payload ends or *timeout* expires.
+
+    MMIO reads are completed with the payload's ``read:`` value; port-I/O INs with zeros.
+    *on_sync* is called at every ``UCALL_SYNC`` (the host may change memslots, memory...).
+    *on_run(run_index, t_enter_ns, t_exit_ns)* is called after every ``KVM_RUN``.
+    """
+    image = machine.image
+    payload = image.payload
+    vcpu = machine.vcpus[0] if vcpu is None else vcpu
+    timeout = payload.timeout if timeout is None else timeout
+    ucall_port = image.ucall_port
+    read_cache: dict[int, bytes] = {}
+
+    stats = vcpu.stats()
+    assert machine.vm is not None
+    vm_stats = machine.vm.stats()
+    vm_before, before = vm_stats.read(), stats.read()
+
+    raw: list[tuple[int, int, int, bool, bytes, int, int, int, int | None]] = []
+    append = raw.append
+    prints: list[str] = []
+    syncs: list[int] = []
+    outcome: Outcome | None = None
+    run = vcpu.run
+    synced_regs = vcpu.synced_regs
+    runs = 0
+    t_start = _monotonic_ns()
+    with vcpu.deadline(timeout):
+        while outcome is None:
+            t0 = _monotonic_ns()
+            e = run()
+            t1 = _monotonic_ns()
+            runs += 1
+            if on_run is not None:
+                on_run(runs - 1, t0, t1)
+            if type(e) is MmioExit:
+                regs = synced_regs()
+                append((6, e.gpa, e.len, e.is_write, e.data, regs.rip, regs.rcx, t1 - t0, None))
+                if not e.is_write:
+                    data = read_cache.get(e.len)
+                    if data is None:
+                        data = read_cache[e.len] = payload.read_data(e.len)
+                    vcpu.complete_mmio_read(data)
+                if max_exits is not None and len(raw) >= max_exits:
+                    outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
+                continue
+            if type(e) is IoExit:
+                regs = synced_regs()
+                if e.port == ucall_port and e.is_out and e.size == 1:
+                    outcome = _ucall(machine, vcpu, e.data[0], regs, on_sync, prints, syncs)
+                    continue
+                append((2, 0, e.size * e.count, e.is_out, e.data, regs.rip, regs.rcx, t1 - t0, e.port))
+                if not e.is_out:
+                    vcpu.complete_io_in(e.data_offset, bytes(e.size * e.count))
+                continue
+            outcome = _terminal(machine, vcpu, e, timeout)
+    wall = _monotonic_ns() - t_start
+
+    exits = []
+    for i, (reason, gpa, length, is_write, data, rip, rcx, ns, port) in enumerate(raw):
+        lin = machine.linear(rip)
+        if reason == 6:
+            insn_rip, insn = machine.instruction_for_exit(lin, rcx, is_write)
+        else:
+            insn_rip, insn = machine.instruction_for_exit(lin, rcx, True)
+        exits.append(RecordedExit(
+            index=i, reason=exit_reason_name(reason), gpa=gpa, len=length, is_write=is_write,
+            data=data, port=port, rip=lin, insn_rip=insn_rip, insn=insn, where=machine.where(insn_rip),
+            ns=ns,
+        ))
+    return RunResult(
+        image=image,
+        outcome=outcome,
+        exits=exits,
+        vcpu_stats=stats_delta(before, stats.read()),
+        vm_stats=stats_delta(vm_before, vm_stats.read()),
+        prints=prints,
+        syncs=syncs,
+        wall_ns=wall,
+        runs=runs,
+    )
+
+
+def _ucall(machine: Machine, vcpu: Vcpu, number: int, regs: kvm_regs, on_sync: SyncHandler | None,
+           prints: list[str], syncs: list[int]) -> Outcome | None:
+    args = (regs.rdi, regs.rsi, regs.rbx, regs.rcx, regs.rbp)
+    if number == UCALL_DONE:
+        return Outcome("done")
+    if number in (UCALL_FAIL, UCALL_PRINT):
+        try:
+            text = machine.read_gva(args[0], min(args[1], 4096)).decode("utf-8", "replace")
+        except HostKvmError as err:
+            text = f"(unreadable message at {args[0]:#x}: {err})"
+        if number == UCALL_FAIL:
+            return Outcome("fail", message=text)
+        prints.append(text)
+        return None
+    if number == UCALL_SYNC:
+        syncs.append(args[0])
+        if on_sync is not None:
+            value = on_sync(machine, vcpu, args[0])
+            if value is not None:
+                r = vcpu.get_regs()
+                r.rax = value
+                vcpu.set_regs(r)
+        return None
+    if number == UCALL_EXCEPTION:
+        vector, error_code, cr2, rip, _cs = args
+        lin = rip if machine.image.mode != "real16" else rip  # stubs report linear RIP
+        insn, _ = machine.decode_at(lin)
+        return Outcome("exception", vector=vector, error_code=error_code, cr2=cr2, rip=lin, insn=insn,
+                       where=machine.where(lin))
+    return Outcome("fail", message=f"unknown ucall number {number}")
+
+
+def _terminal(machine: Machine, vcpu: Vcpu, e: object, timeout: float) -> Outcome:
+    if isinstance(e, IntrExit):
+        if vcpu.timed_out:
+            return Outcome("timeout", message=f"no end after {timeout:g}s (rip {machine.linear(vcpu.get_regs().rip):#x})")
+        return Outcome("unexpected_exit", reason="KVM_EXIT_INTR", rip=machine.linear(vcpu.get_regs().rip))
+    rip = machine.linear(vcpu.get_regs().rip)
+    if isinstance(e, ShutdownExit):
+        return Outcome("shutdown", rip=rip, where=machine.where(rip))
+    if isinstance(e, InternalErrorExit):
+        insn = ""
+        if e.insn_bytes:
+            d = decode_one(e.insn_bytes, rip, machine.image.bits)
+            insn = d.text if d is not None else f"(undecodable: {e.insn_bytes.hex()})"
+        else:
+            insn, _ = machine.decode_at(rip)
+        return Outcome("internal_error", suberror=e.suberror, suberror_name=e.suberror_name,
+                       insn_bytes=e.insn_bytes, insn=insn, rip=rip, where=machine.where(rip))
+    if isinstance(e, HltExit):
+        return Outcome("unexpected_exit", reason="KVM_EXIT_HLT", rip=rip, where=machine.where(rip))
+    reason = getattr(e, "reason", 0)
+    return Outcome("unexpected_exit", reason=exit_reason_name(int(reason)), rip=rip)
+
+
+def run_payload(payload: Payload, *, kvm: Kvm | None = None, timeout: float | None = None,
+                on_sync: SyncHandler | None = None) -> RunResult:
+    """Build *payload*, run it once on this host, and return what happened."""
+    own = kvm is None
+    kvm = Kvm() if kvm is None else kvm
+    try:
+        image = build_guest(payload, cpu_has_pdpe1gb=kvm.cpuid_has(X86_FEATURE_GBPAGES))
+        with Machine(image, kvm=kvm) as machine:
+            return run_machine(machine, timeout=timeout, on_sync=on_sync)
+    finally:
+        if own:
+            kvm.close()
+
+
+__all__ = ["KvmCap", "Machine", "Outcome", "RecordedExit", "RunResult", "run_machine", "run_payload"]
