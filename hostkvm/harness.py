@@ -287,11 +287,12 @@ class Machine:
 
         KVM's emulator retires an MMIO write before the exit (``x86.c:x86_emulate_instruction()``
         writes back RIP unless a read is pending), so RIP points past the instruction; a
-        read leaves RIP on it. A ``rep`` string instruction that has iterations left is
-        restarted, so RIP stays on it (RCX > 0).
+        read leaves RIP on it. A ``rep`` string instruction is restarted between
+        iterations, so RIP stays on it: an exit whose RIP is on a ``rep`` string
+        instruction is attributed to it (*rcx* is kept for callers that know better).
         """
         text, _ = self.decode_at(rip)
-        if not is_write or (text.startswith("rep") and rcx != 0):
+        if not is_write or text.startswith("rep"):
             return rip, text
         gpa = self.image.gva_to_gpa(rip)
         entry = self.image.line_table and self.image.line_for_gpa(gpa - 1) if gpa is not None else None
