@@ -37,6 +37,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("hostkvm.probe", "describe this host's KVM: backend, paging, mmio caching, caps"),
     "run": ("hostkvm.cli_run", "run one payload on this host and print every exit and the outcome"),
+    "refhost": ("hostkvm.refhost.cli", "build the reference host (stock KVM under QEMU TCG) and run commands inside it"),
 }
 
 

@@ -113,13 +113,16 @@ def probe(kvm: Kvm | None = None) -> dict[str, Any]:
         kvm_params = modules["kvm"] or {}
         backend = detect_backend(modules, flags)
         caps = {c.name: kvm.check_extension(c) for c in KvmCap}
+        paging = detect_paging(backend, modules)
         vendor = {m: p for m, p in modules.items() if m != "kvm" and p is not None}
         return {
             "kernel": os.uname().release,
             "api_version": kvm.api_version,
             "backend": backend,
-            "paging": detect_paging(backend, modules),
-            "tdp_mmu": _yes(kvm_params.get("tdp_mmu")),
+            "paging": paging,
+            # kvm.tdp_mmu is the admin's wish; the TDP MMU runs only with EPT/NPT
+            # (mmu.c: tdp_mmu_enabled = tdp_mmu_allowed && tdp_enabled).
+            "tdp_mmu": _yes(kvm_params.get("tdp_mmu")) and paging != "shadow",
             "mmio_caching": _yes(kvm_params.get("mmio_caching")),
             "maxphyaddr": host_maxphyaddr(cpuinfo),
             "smm": caps["KVM_CAP_X86_SMM"] > 0 and caps["KVM_CAP_MULTI_ADDRESS_SPACE"] > 1,
