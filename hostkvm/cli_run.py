@@ -15,6 +15,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before the run is stopped (default: the payload's timeout:)")
+    parser.add_argument("--trace", action="store_true",
+                        help="capture kvm/kvmmmu tracepoints in a private tracefs instance and "
+                        "attach them to each exit (needs root)")
+    parser.add_argument("--timing", action="store_true",
+                        help="summarize per-exit latency: first touch vs repeat, per gpa page")
+    parser.add_argument("--stats-per-exit", action="store_true",
+                        help="attach the vCPU stats delta of each round trip to its exit")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="with --timing, draw the latency histograms (needs matplotlib)")
 
 
 def format_exit(e: RecordedExit) -> str:
@@ -28,18 +37,49 @@ def format_exit(e: RecordedExit) -> str:
     line = f"#{e.index:<4} {e.reason:<14} {what}  rip {e.insn_rip:#x}  {e.insn}"
     if e.where:
         line += f"  [{e.where.split(':')[0].rsplit('/', 1)[-1]}:{e.where.split(':')[1]}]"
+    if e.events:
+        line += "\n        events: " + " ".join(ev.name for ev in e.events)
+    if e.stats:
+        line += "\n        stats: " + ", ".join(f"{k} +{v}" for k, v in sorted(e.stats.items()))
     return line
 
 
-def result_json(path: str, host: dict[str, Any], r: RunResult) -> dict[str, Any]:
-    return {
+def timing_json(r: RunResult) -> dict[str, Any]:
+    """Latency summaries of the MMIO exits of *r* (host ns around KVM_RUN, and kernel-side
+    ns from trace timestamps when traced)."""
+    from hostkvm import timing
+
+    mmio = r.mmio_exits
+    ns = [e.ns for e in mmio]
+    classes = timing.first_touch_classes([e.gpa for e in mmio])
+    out: dict[str, Any] = {
+        "unit": "ns",
+        "all": timing.summarize(ns),
+        "by_class": timing.group(ns, classes),
+        "by_page": timing.group(ns, [f"{e.gpa >> 12 << 12:#x}" for e in mmio]),
+    }
+    kernel = [e.kernel_ns for e in mmio if e.kernel_ns is not None]
+    if kernel:
+        out["kernel"] = timing.summarize(kernel)
+    return out
+
+
+def result_json(path: str, host: dict[str, Any], r: RunResult, *, with_timing: bool = False) -> dict[str, Any]:
+    d: dict[str, Any] = {
         "payload": path,
         "host": host,
         "outcome": r.outcome.to_json(),
         "exits": [e.to_json() for e in r.exits],
         "prints": r.prints,
         "stats": {"vcpu": r.vcpu_stats, "vm": r.vm_stats},
+        "missing": r.missing,
     }
+    if r.trace is not None:
+        d["trace"] = {"enabled": list(r.trace.enabled), "absent": list(r.trace.absent),
+                      "events": r.trace.total, "mounted_tracefs": r.trace.mounted_here}
+    if with_timing:
+        d["timing"] = timing_json(r)
+    return d
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,12 +91,28 @@ def main(args: argparse.Namespace) -> int:
 
     path = resolve_payload(args.payload)
     payload = parse_payload(path)
+    if args.plot and not args.timing:
+        from hostkvm.errors import PayloadError
+
+        raise PayloadError("--plot draws the --timing histograms: add --timing")
     with Kvm() as kvm:
         host = probe(kvm)
-        r = run_payload(payload, kvm=kvm, timeout=args.timeout)
+        r = run_payload(payload, kvm=kvm, timeout=args.timeout, trace=args.trace,
+                        stats_per_exit=args.stats_per_exit)
+    if args.plot:
+        from hostkvm import timing
+
+        mmio = r.mmio_exits
+        classes = timing.first_touch_classes([e.gpa for e in mmio])
+        series = {c: [e.ns for e, k in zip(mmio, classes) if k == c] for c in ("first_touch", "repeat")}
+        timing.plot_histograms(args.plot, series, f"{path.name}: KVM_RUN round trip per MMIO exit")
     if args.json:
-        print(json.dumps(result_json(str(path), host, r), indent=1))
+        print(json.dumps(result_json(str(path), host, r, with_timing=args.timing), indent=1))
     else:
+        if r.trace is not None and r.trace.mounted_here:
+            print("note: mounted tracefs at " + (host["tracefs"]["path"] or "/sys/kernel/tracing"))
+        for m in r.missing:
+            print(f"observation missing: {m}")
         print(f"payload {path}: {payload.mode} cpl{payload.cpl} on {host['backend']}/{host['paging']} "
               f"(mmio_caching {'on' if host['mmio_caching'] else 'off'})")
         for text in r.prints:
@@ -66,4 +122,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"outcome: {r.outcome.describe()}")
         stats = ", ".join(f"{k} +{v}" for k, v in sorted(r.vcpu_stats.items())) or "(none)"
         print(f"vcpu stats: {stats}")
+        if r.trace is not None:
+            absent = f"; absent on this kernel: {', '.join(r.trace.absent)}" if r.trace.absent else ""
+            print(f"trace: {r.trace.total} events, {len(r.trace.outside)} outside any KVM_RUN{absent}")
+        if args.timing:
+            from hostkvm import timing
+
+            t = timing_json(r)
+            print(timing.format_summary("all MMIO exits", t["all"]))
+            for name, summ in t["by_class"].items():
+                print(timing.format_summary(name, summ))
+            if "kernel" in t:
+                print(timing.format_summary("kernel-side (trace)", t["kernel"]))
     return 0 if r.outcome.kind == "done" else 1

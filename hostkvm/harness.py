@@ -20,7 +20,7 @@ from typing import Any
 from hostkvm._uapi.constants import KVM_SYNC_X86_REGS, KvmCap, KvmMemFlag
 from hostkvm._uapi.structs import kvm_regs, kvm_sregs
 from hostkvm.asm import decode_one
-from hostkvm.errors import HostKvmError
+from hostkvm.errors import HostKvmError, TraceError
 from hostkvm.exits import (
     HltExit,
     InternalErrorExit,
@@ -42,6 +42,7 @@ from hostkvm.guest import (
 from hostkvm.payload import Payload
 from hostkvm.stats import stats_delta
 from hostkvm.system import X86_FEATURE_GBPAGES, Kvm
+from hostkvm.trace import TraceCapture, attribute_to_windows
 from hostkvm.vcpu import Vcpu
 from hostkvm.vm import Vm
 from hostkvm.x86.state import KVM_REGS_FIELDS, KVM_SREGS_DTABLES, KVM_SREGS_SCALARS, KVM_SREGS_SEGMENTS
@@ -81,6 +82,8 @@ class RecordedExit:
     ns: int = 0
     run_index: int = 0
     events: list[Any] = field(default_factory=list)
+    kernel_ns: int | None = None
+    stats: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"index": self.index, "reason": self.reason}
@@ -89,10 +92,14 @@ class RecordedExit:
         elif self.reason == "KVM_EXIT_IO":
             d.update(port=self.port, len=self.len, is_write=self.is_write, data=self.data.hex())
         d.update(rip=self.insn_rip, insn=self.insn, ns=self.ns)
+        if self.kernel_ns is not None:
+            d["kernel_ns"] = self.kernel_ns
         if self.where:
             d["where"] = self.where
         if self.events:
-            d["events"] = [e.to_json() if hasattr(e, "to_json") else e for e in self.events]
+            d["events"] = [e.to_dict() for e in self.events]
+        if self.stats is not None:
+            d["stats"] = self.stats
         return d
 
 
@@ -168,10 +175,24 @@ class RunResult:
     syncs: list[int]
     wall_ns: int
     runs: int  # KVM_RUN calls, ucalls included
+    windows: list[tuple[int, int]] = field(default_factory=list)  # monotonic ns per KVM_RUN
+    trace: TraceInfo | None = None
+    missing: list[str] = field(default_factory=list)  # observations asked for but not made, and why
 
     @property
     def mmio_exits(self) -> list[RecordedExit]:
         return [e for e in self.exits if e.reason == "KVM_EXIT_MMIO"]
+
+
+@dataclass(slots=True)
+class TraceInfo:
+    """What the trace capture of a run enabled and saw."""
+
+    enabled: tuple[str, ...]
+    absent: tuple[str, ...]
+    mounted_here: bool
+    total: int
+    outside: Any  # TraceEvents outside every KVM_RUN window (e.g. host actions at a sync)
 
 
 # SyncHandler(machine, vcpu, value) -> value for the guest's rax (None: leave it).
@@ -320,14 +341,17 @@ def run_machine(
     vcpu: Vcpu | None = None,
     timeout: float | None = None,
     on_sync: SyncHandler | None = None,
-    on_run: Callable[[int, int, int], None] | None = None,
+    capture: TraceCapture | None = None,
+    stats_per_exit: bool = False,
     max_exits: int | None = None,
 ) -> RunResult:
     """Run *vcpu* (default: the first) until the payload ends or *timeout* expires.
 
     MMIO reads are completed with the payload's ``read:`` value; port-I/O INs with zeros.
     *on_sync* is called at every ``UCALL_SYNC`` (the host may change memslots, memory...).
-    *on_run(run_index, t_enter_ns, t_exit_ns)* is called after every ``KVM_RUN``.
+    With a started *capture*, the events of each ``KVM_RUN`` round trip are attached to
+    its exit (the capture is collected, which stops it). With *stats_per_exit*, each exit
+    carries the vCPU stats delta of its round trip (one ``pread`` per ``KVM_RUN``).
     """
     image = machine.image
     payload = image.payload
@@ -340,27 +364,30 @@ def run_machine(
     assert machine.vm is not None
     vm_stats = machine.vm.stats()
     vm_before, before = vm_stats.read(), stats.read()
+    raw_stats = stats.read_raw if stats_per_exit else None
+    per_run_stats: list[tuple[int, ...]] = [stats.read_raw()] if stats_per_exit else []
 
-    raw: list[tuple[int, int, int, bool, bytes, int, int, int, int | None]] = []
+    raw: list[tuple[int, int, int, bool, bytes, int, int, int | None]] = []
+    windows: list[tuple[int, int]] = []
     append = raw.append
+    window = windows.append
     prints: list[str] = []
     syncs: list[int] = []
     outcome: Outcome | None = None
     run = vcpu.run
     synced_regs = vcpu.synced_regs
-    runs = 0
     t_start = _monotonic_ns()
     with vcpu.deadline(timeout):
         while outcome is None:
             t0 = _monotonic_ns()
             e = run()
             t1 = _monotonic_ns()
-            runs += 1
-            if on_run is not None:
-                on_run(runs - 1, t0, t1)
+            window((t0, t1))
+            if raw_stats is not None:
+                per_run_stats.append(raw_stats())
             if type(e) is MmioExit:
                 regs = synced_regs()
-                append((6, e.gpa, e.len, e.is_write, e.data, regs.rip, regs.rcx, t1 - t0, None))
+                append((6, e.gpa, e.len, e.is_write, e.data, regs.rip, regs.rcx, None))
                 if not e.is_write:
                     data = read_cache.get(e.len)
                     if data is None:
@@ -373,26 +400,51 @@ def run_machine(
                 regs = synced_regs()
                 if e.port == ucall_port and e.is_out and e.size == 1:
                     outcome = _ucall(machine, vcpu, e.data[0], regs, on_sync, prints, syncs)
+                    if outcome is None:
+                        # Everything the host did at the ucall belongs to no exit of the payload.
+                        raw.append((0, len(windows) - 1, 0, False, b"", 0, 0, None))
                     continue
-                append((2, 0, e.size * e.count, e.is_out, e.data, regs.rip, regs.rcx, t1 - t0, e.port))
+                append((2, 0, e.size * e.count, e.is_out, e.data, regs.rip, regs.rcx, e.port))
                 if not e.is_out:
                     vcpu.complete_io_in(e.data_offset, bytes(e.size * e.count))
                 continue
             outcome = _terminal(machine, vcpu, e, timeout)
     wall = _monotonic_ns() - t_start
 
+    # Raw entries and windows line up one to one, except ucall windows (reason 0 marks a
+    # resumed ucall; the final ucall or terminal exit has no entry).
+    attribution = None
+    trace_info = None
+    if capture is not None:
+        events = capture.collect()
+        attribution = attribute_to_windows(events, windows, pid=capture.pids[0])
+        trace_info = TraceInfo(
+            enabled=capture.enabled, absent=capture.absent,
+            mounted_here=bool(capture.tracefs and capture.tracefs.mounted_here),
+            total=len(events), outside=attribution.outside,
+        )
+    descs = stats.descriptors if stats_per_exit else ()
     exits = []
-    for i, (reason, gpa, length, is_write, data, rip, rcx, ns, port) in enumerate(raw):
+    for run_index, (reason, gpa, length, is_write, data, rip, rcx, port) in enumerate(raw):
+        if reason == 0:
+            continue
         lin = machine.linear(rip)
-        if reason == 6:
-            insn_rip, insn = machine.instruction_for_exit(lin, rcx, is_write)
-        else:
-            insn_rip, insn = machine.instruction_for_exit(lin, rcx, True)
-        exits.append(RecordedExit(
-            index=i, reason=exit_reason_name(reason), gpa=gpa, len=length, is_write=is_write,
+        insn_rip, insn = machine.instruction_for_exit(lin, rcx, is_write if reason == 6 else True)
+        t0, t1 = windows[run_index]
+        rec = RecordedExit(
+            index=len(exits), reason=exit_reason_name(reason), gpa=gpa, len=length, is_write=is_write,
             data=data, port=port, rip=lin, insn_rip=insn_rip, insn=insn, where=machine.where(insn_rip),
-            ns=ns,
-        ))
+            ns=t1 - t0, run_index=run_index,
+        )
+        if attribution is not None:
+            rec.events = list(attribution.per_window[run_index])
+            if rec.events:
+                rec.kernel_ns = rec.events[-1].ts - rec.events[0].ts
+        if stats_per_exit:
+            a, b = per_run_stats[run_index], per_run_stats[run_index + 1]
+            rec.stats = {d.name: b[d.offset // 8] - a[d.offset // 8] for d in descs
+                         if not d.is_histogram and b[d.offset // 8] != a[d.offset // 8]}
+        exits.append(rec)
     return RunResult(
         image=image,
         outcome=outcome,
@@ -402,7 +454,9 @@ def run_machine(
         prints=prints,
         syncs=syncs,
         wall_ns=wall,
-        runs=runs,
+        runs=len(windows),
+        windows=windows,
+        trace=trace_info,
     )
 
 
@@ -462,17 +516,42 @@ def _terminal(machine: Machine, vcpu: Vcpu, e: object, timeout: float) -> Outcom
 
 
 def run_payload(payload: Payload, *, kvm: Kvm | None = None, timeout: float | None = None,
-                on_sync: SyncHandler | None = None) -> RunResult:
-    """Build *payload*, run it once on this host, and return what happened."""
+                on_sync: SyncHandler | None = None, trace: bool = False,
+                stats_per_exit: bool = False) -> RunResult:
+    """Build *payload*, run it once on this host, and return what happened.
+
+    With *trace*, tracefs events are captured per round trip; if tracing cannot be used
+    (not root, no tracefs) the run still happens and ``result.missing`` says why.
+    """
     own = kvm is None
     kvm = Kvm() if kvm is None else kvm
     try:
         image = build_guest(payload, cpu_has_pdpe1gb=kvm.cpuid_has(X86_FEATURE_GBPAGES))
         with Machine(image, kvm=kvm) as machine:
-            return run_machine(machine, timeout=timeout, on_sync=on_sync)
+            missing: list[str] = []
+            capture = None
+            if trace:
+                capture = TraceCapture(buffer_size_kb=TRACE_BUFFER_KB)
+                try:
+                    capture.start()
+                except TraceError as e:
+                    missing.append(f"trace: {e}")
+                    capture = None
+            try:
+                result = run_machine(machine, timeout=timeout, on_sync=on_sync, capture=capture,
+                                     stats_per_exit=stats_per_exit)
+            finally:
+                if capture is not None:
+                    capture.close()
+            result.missing = missing
+            return result
     finally:
         if own:
             kvm.close()
+
+
+# Per-CPU ring buffer of a run's capture; the capture also drains it in the background.
+TRACE_BUFFER_KB = 8192
 
 
 __all__ = ["KvmCap", "Machine", "Outcome", "RecordedExit", "RunResult", "run_machine", "run_payload"]
