@@ -193,6 +193,7 @@ class TraceInfo:
     mounted_here: bool
     total: int
     outside: Any  # TraceEvents outside every KVM_RUN window (e.g. host actions at a sync)
+    events: Any = None  # every captured TraceEvents of the run, in time order
 
 
 # SyncHandler(machine, vcpu, value) -> value for the guest's rax (None: leave it).
@@ -421,7 +422,7 @@ def run_machine(
         trace_info = TraceInfo(
             enabled=capture.enabled, absent=capture.absent,
             mounted_here=bool(capture.tracefs and capture.tracefs.mounted_here),
-            total=len(events), outside=attribution.outside,
+            total=len(events), outside=attribution.outside, events=events,
         )
     descs = stats.descriptors if stats_per_exit else ()
     exits = []
