@@ -172,8 +172,11 @@ class HostQuirks:
     ``kvm_entry``, ``kvm_page_fault``). ``cpl0_emulated``: ring-0 guest code is run by KVM's
     emulator one instruction at a time, so a CPL0 access never takes a shadow #PF (PVM).
     ``emulator_fetch_walk``: the emulator walks the guest page tables to fetch the instruction
-    (``kvm_mmu_pagetable_walk`` with ``PFERR_FETCH``) after a #PF; False where the backend hands
-    KVM the instruction bytes (observed on PVM at CPL3: one walk per MMIO access).
+    (``emulate.c:__do_insn_fetch_bytes()`` → ``x86.c:kvm_fetch_guest_virt()`` →
+    ``kvm_mmu_pagetable_walk`` with ``PFERR_FETCH``) after a #PF; False where the backend hands
+    KVM the instruction bytes (SVM decode assists). Observed on PVM at CPL3: two walks per
+    MMIO access, the #PF walk (``addr`` = the data gva) then the fetch walk (``addr`` = RIP,
+    ``pferr`` U|F).
     ``observed``: where the quirk comes from.
     """
 
@@ -189,9 +192,10 @@ QUIRKS_PVM = HostQuirks(
     name="pvm",
     absent_tracepoints=frozenset({"kvm_exit", "kvm_entry", "kvm_page_fault"}),
     cpl0_emulated=True,
-    emulator_fetch_walk=False,
+    emulator_fetch_walk=True,
     observed="PVM host, 6.18.44: kvm_exit/kvm_entry/kvm_page_fault never fire; CPL0 code is "
-    "emulated instruction by instruction; CPL3 MMIO shows one kvm_mmu_pagetable_walk",
+    "emulated instruction by instruction; CPL3 MMIO shows the #PF walk and the emulator's "
+    "instruction-fetch walk (pferr 0x14)",
 )
 
 
