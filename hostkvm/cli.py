@@ -37,6 +37,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("hostkvm.probe", "describe this host's KVM: backend, paging, mmio caching, caps"),
     "compare": ("hostkvm.cli_compare", "run scenarios on this host (or the reference host) and on the mirror; report divergences"),
+    "report": ("hostkvm.cli_report", "merge hostkvm compare --json runs from several hosts into one table"),
     "run": ("hostkvm.cli_run", "run one payload on this host and print every exit and the outcome"),
     "refhost": ("hostkvm.refhost.cli", "build the reference host (stock KVM under QEMU TCG) and run commands inside it"),
 }

@@ -155,6 +155,21 @@ def format_run(run: dict[str, Any]) -> list[str]:
     return out
 
 
+# Short names of the mirror's predicted paths (hostkvm.mirror.Path values), for tables.
+PATH_SHORT = {
+    "per_vcpu_cache_hit": "cache",
+    "mmio_spte_hit": "spte",
+    "stale_generation_slow_path": "stale",
+    "noslot_slow_path_install": "install",
+    "noslot_slow_path_no_install": "noslot",
+    "ram_hit": "ram",
+    "ram_fault_fixed": "fixed",
+    "readonly_slot_write": "ro",
+    "retry": "retry",
+    "emulated": "emul",
+}
+
+
 def side_by_side(runs: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for r in runs:
@@ -163,7 +178,8 @@ def side_by_side(runs: list[dict[str, Any]]) -> list[str]:
                 names.append(c["name"])
     labels = [r.get("host_key", "local") for r in runs]
     width = max(len(n) for n in names) if names else 10
-    out = [f"{'scenario':<{width}}  " + "  ".join(f"{lab:<22}" for lab in labels)]
+    cw = 30
+    out = [f"{'scenario':<{width}}  " + "  ".join(f"{lab:<{cw}}" for lab in labels)]
     for n in names:
         cells = []
         for r in runs:
@@ -171,11 +187,12 @@ def side_by_side(runs: list[dict[str, Any]]) -> list[str]:
             if c is None:
                 cells.append("-")
                 continue
-            paths = ",".join(sorted(k.split("_")[0] for k in c.get("paths", {})))
+            paths = ",".join(sorted(PATH_SHORT.get(k, k) for k in c.get("paths", {})))
             cells.append(f"{c['verdict']} {c['exits']}x" + (f" [{paths}]" if paths else ""))
-        out.append(f"{n:<{width}}  " + "  ".join(f"{x:<22}" for x in cells))
+        out.append(f"{n:<{width}}  " + "  ".join(f"{x:<{cw}}" for x in cells))
     for r, lab in zip(runs, labels, strict=True):
         out.append(f"{lab}: {r['host_label']}")
+    out.append("paths: " + ", ".join(f"{v} = {k}" for k, v in PATH_SHORT.items()))
     return out
 
 
