@@ -180,6 +180,7 @@ class _KsEngine:
 
 _ks_engines: dict[tuple[int, bool], _KsEngine] = {}
 _cs_engines: dict[int, capstone.Cs] = {}
+_cs_detail_engines: dict[int, capstone.Cs] = {}
 _engines_lock = threading.Lock()
 
 
@@ -201,6 +202,77 @@ def _cs(bits: int) -> capstone.Cs:
         with _engines_lock:
             engine = _cs_engines.setdefault(bits, capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits]))
     return engine
+
+
+def _cs_detail(bits: int) -> capstone.Cs:
+    """A capstone engine with operand details (kept apart from the plain decoder)."""
+    engine = _cs_detail_engines.get(bits)
+    if engine is None:
+        with _engines_lock:
+            engine = _cs_detail_engines.get(bits)
+            if engine is None:
+                engine = capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits])
+                engine.detail = True
+                _cs_detail_engines[bits] = engine
+    return engine
+
+
+# -- long-mode absolute addresses ------------------------------------------------------
+
+#: first address of the upper canonical half; a 32-bit displacement lands at or above it
+#: exactly when bit 31 of the displacement is set
+_UPPER_HALF = 1 << 63
+_U64 = (1 << 64) - 1
+_NUMBER_RE = re.compile(r"(?<![\w.$])(-?)\s*(0[xX][0-9a-fA-F]+|[0-9]+)\b")
+
+
+def sign_extended_absolute(code: bytes, address: int) -> int | None:
+    """The address a 64-bit instruction really accesses when it names an absolute memory
+    operand (no base, no index) through a sign-extended 32-bit displacement that lands in
+    the upper canonical half (``[0xfee00000]`` encoded as ``disp32`` reaches
+    ``0xfffffffffee00000``); ``None`` when it has no such operand. The ``moffs`` forms
+    (``movabs``, 8-byte address) and RIP-relative operands are never sign-extended."""
+    engine = _cs_detail(64)
+    for insn in engine.disasm(bytes(code[:15]), address, 1):
+        for op in insn.operands:
+            if op.type != capstone.x86.X86_OP_MEM:
+                continue
+            mem = op.mem
+            if mem.base != capstone.x86.X86_REG_INVALID or mem.index != capstone.x86.X86_REG_INVALID:
+                continue
+            ea = mem.disp & _U64
+            # moffs (opcodes a0-a3) carry a full 8-byte address: what was written is used
+            if insn.opcode[0] in (0xA0, 0xA1, 0xA2, 0xA3) and not any(insn.opcode[1:]):
+                continue
+            if ea >= _UPPER_HALF:
+                return ea
+    return None
+
+
+def _literals(text: str) -> set[int]:
+    """The integer literals written in a statement, as 64-bit values (``-8`` → 2^64-8)."""
+    out = set()
+    for sign, digits in _NUMBER_RE.findall(text):
+        value = int(digits, 0)
+        out.add((-value if sign else value) & _U64)
+    return out
+
+
+def _check_sign_extension(placed: Sequence[Placed], code: bytes, base: int, path: str) -> None:
+    """Refuse long-mode statements whose absolute operand the CPU would sign-extend into the
+    upper half when the source did not write that upper-half address itself."""
+    for p in placed:
+        if not p.size or not _emits_code(p.statement.text):
+            continue
+        ea = sign_extended_absolute(code[p.address - base: p.address - base + p.size], p.address)
+        if ea is None or ea in _literals(p.statement.text):
+            continue
+        low = ea & 0xFFFFFFFF
+        raise _error(
+            f"absolute address {low:#x} is encoded as a sign-extended 32-bit displacement, so "
+            f"in 64-bit mode the CPU would access {ea:#x}; put the address in a register "
+            f"(`mov rax, {low:#x}` then `[rax]`) or use `movabs` with al/ax/eax/rax "
+            f"(`movabs byte ptr [{low:#x}], al`)", p.statement, path)
 
 
 # -- assembling -------------------------------------------------------------------------
@@ -285,6 +357,11 @@ def assemble(
     ``export`` names labels whose addresses to return in ``Assembled.symbols``;
     ``placements`` asks for the address and size of every statement.
     Raises :class:`AssemblyError` with the failing statement's ``path:line``.
+
+    In 64-bit mode an absolute memory operand that keystone encodes as a 32-bit
+    displacement is sign-extended by the CPU: ``[0xfee00000]`` would reach
+    ``0xfffffffffee00000``. Such a statement is refused (with a hint) unless it spells
+    out the upper-half address itself.
     """
     statements = (split_statements(source, path) if isinstance(source, str) else list(source))
     symbols = dict(symbols or {})
@@ -294,6 +371,8 @@ def assemble(
                 raise _error(f"label '{name}' redefines a predefined symbol", st, path)
             if name.startswith(RESERVED_PREFIX) and st.line is not None:
                 raise _error(f"labels starting with {RESERVED_PREFIX} are reserved", st, path)
+    want_placements = placements
+    placements = placements or bits == 64
     engine = _ks(bits)
     # Predefined names become assignments: keystone's symbol-resolver callback gets
     # relative branches to resolved names wrong (off by the displacement size).
@@ -333,8 +412,10 @@ def assemble(
             if size == 0 and _emits_code(st.text):
                 raise _error("keystone produced no bytes for this statement", st, path)
             placed.append(Placed(starts[i], size, st))
+    if bits == 64:
+        _check_sign_extension(placed, code, address, path)
     exported = {name: values[len(placed) + k] for k, name in enumerate(export)}
-    return Assembled(address, code, exported, tuple(placed))
+    return Assembled(address, code, exported, tuple(placed) if want_placements else ())
 
 
 def assemble_one(statement: str, *, address: int = 0, bits: int = 64) -> bytes:

@@ -10,7 +10,8 @@ Memory map (guest-physical; identity-mapped, so also guest-virtual)::
     0x00000-0x00fff  IVT_GPA           real-mode IVT (real16); not mapped with paging
     0x01000-0x01fff  GDT_GPA           flat GDT (hostkvm.x86.modes)
     0x02000-0x02fff  IDT_GPA           IDT, 32 exception gates
-    0x03000-0x03fff  TSS_GPA           TSS (RSP0/ESP0 = KERNEL_STACK_TOP, IST1 = IST_STACK_TOP)
+    0x03000-0x03fff  TSS_GPA           TSS (RSP0/ESP0 = KERNEL_STACK_TOP, IST1 = IST_STACK_TOP),
+                                       then an I/O bitmap that opens UCALL_PORT to CPL3
     0x04000-0x07fff  RUNTIME_GPA       runtime code (ucall helpers, exception stubs)
     0x08000-0x3ffff  PAYLOAD_GPA       payload code (real16: must end below 0x10000)
     0x40000-0x4ffff  USER_STACK_GPA    CPL3 stack (real16: SS=0x4000, SP=0xfff0)
@@ -64,9 +65,11 @@ from hostkvm.x86.constants import (
     X86_TRAP_OF,
 )
 from hostkvm.x86.descriptors import (
+    TSS32_SIZE,
     TSS64_SIZE,
     encode_idt_gate32,
     encode_idt_gate64,
+    encode_io_bitmap,
     encode_ivt_entry,
     encode_tss32,
     encode_tss64,
@@ -128,6 +131,17 @@ UCALL_IO_SIZE = 1
 EXC_FRAME_FIELDS: tuple[str, ...] = KVM_REGS_FIELDS + ("vector", "error_code", "cr2", "cs", "ss")
 #: the real16 exception stubs report this vector for an interrupt above 31
 VECTOR_OTHER = 256
+
+#: The TSS (32- and 64-bit alike) is followed by an I/O permission bitmap that lets CPL3
+#: reach :data:`UCALL_PORT`. RFLAGS.IOPL is 3 as well, which suffices on bare metal, but
+#: PVM runs CPL3 code natively with the host's IOPL 0 and ignores the guest's IOPL there:
+#: without the bitmap, ``out`` at CPL3 raises #GP. Ports past the TSS limit are denied,
+#: so the bitmap stops after the ucall port's byte (plus the all-ones byte the CPU may
+#: read past the end).
+TSS_IO_BITMAP = encode_io_bitmap([UCALL_PORT])[: UCALL_PORT // 8 + 1] + b"\xff"
+#: TR's byte limit: the TSS and its I/O bitmap (within the TSS page)
+TSS_LIMIT = TSS64_SIZE + len(TSS_IO_BITMAP) - 1
+assert TSS_GPA + TSS_LIMIT < RUNTIME_GPA
 
 #: names a payload may use without defining them
 PAYLOAD_SYMBOLS: tuple[str, ...] = (
@@ -275,21 +289,22 @@ def _runtime(mode: str) -> _Runtime:
                                         else code.symbols["exc_other"], 0) for v in range(256))
         tables.append(Blob(IVT_GPA, ivt))
     elif mode == "prot32":
-        tables.append(Blob(GDT_GPA, flat_gdt(tss_base=TSS_GPA, tss_limit=TSS64_SIZE - 1,
+        tables.append(Blob(GDT_GPA, flat_gdt(tss_base=TSS_GPA, tss_limit=TSS_LIMIT,
                                              long_mode=False)))
         idt = b"".join(encode_idt_gate32(stubs[v], GDT_KERNEL_CS32, type=GATE_INTERRUPT,
                                          dpl=3 if v in (X86_TRAP_BP, X86_TRAP_OF) else 0)
                        for v in range(NR_EXCEPTION_VECTORS))
         tables.append(Blob(IDT_GPA, idt))
     else:
-        tables.append(Blob(GDT_GPA, flat_gdt(tss_base=TSS_GPA, tss_limit=TSS64_SIZE - 1,
+        tables.append(Blob(GDT_GPA, flat_gdt(tss_base=TSS_GPA, tss_limit=TSS_LIMIT,
                                              long_mode=True)))
         idt = b"".join(encode_idt_gate64(stubs[v], GDT_KERNEL_CS64, type=GATE_INTERRUPT,
                                          dpl=3 if v in (X86_TRAP_BP, X86_TRAP_OF) else 0,
                                          ist=1 if v == X86_TRAP_DF else 0)
                        for v in range(NR_EXCEPTION_VECTORS))
         tables.append(Blob(IDT_GPA, idt))
-        tables.append(Blob(TSS_GPA, encode_tss64(rsp0=KERNEL_STACK_TOP, ist=[IST_STACK_TOP])))
+        tables.append(Blob(TSS_GPA, encode_tss64(rsp0=KERNEL_STACK_TOP, ist=[IST_STACK_TOP],
+                                                     iomap_base=TSS64_SIZE) + TSS_IO_BITMAP))
     return _Runtime(code, tuple(tables))
 
 
@@ -384,13 +399,14 @@ def build_guest(payload: Payload, *, cpu_has_pdpe1gb: bool = False) -> GuestImag
         if mode == "long64":
             assert pt is not None
             cpu = long64_state(cpl=cpl, entry=PAYLOAD_GPA, stack=stack, gdt=gdt, idt=idt,
-                               tss_base=TSS_GPA, tss_limit=TSS64_SIZE - 1, cr3=pt.cr3)
+                               tss_base=TSS_GPA, tss_limit=TSS_LIMIT, cr3=pt.cr3)
         else:
             cr3 = pt.cr3 if pt is not None else None
             blobs.append(Blob(TSS_GPA, encode_tss32(esp0=KERNEL_STACK_TOP, ss0=GDT_KERNEL_DS,
-                                                    cr3=cr3 or 0)))
+                                                    cr3=cr3 or 0, iomap_base=TSS32_SIZE)
+                              + TSS_IO_BITMAP))
             cpu = prot32_state(cpl=cpl, entry=PAYLOAD_GPA, stack=stack, gdt=gdt, idt=idt,
-                               tss_base=TSS_GPA, tss_limit=TSS64_SIZE - 1, cr3=cr3)
+                               tss_base=TSS_GPA, tss_limit=TSS_LIMIT, cr3=cr3)
 
     regions = [MemoryRegion(HARNESS_GPA, HARNESS_SIZE, "harness")]
     regions += [MemoryRegion(r.gpa, r.size, r.kind, r.readonly) for r in payload.regions]

@@ -111,9 +111,11 @@ class Expectation:
                 out.append((e.gpa + k * e.stride, e.len, e.is_write, e.data))
         return out
 
-    def check_exits(self, observed: Sequence[tuple[int, int, bool, bytes]]) -> list[str]:
-        """Differences between ``observed`` MMIO exits ``(gpa, len, is_write, data)`` and
-        what is expected; an empty list means they match."""
+    def check_exits(self, observed: Sequence[object]) -> list[str]:
+        """Differences between ``observed`` MMIO exits and what is expected; an empty list
+        means they match. Each exit is a ``(gpa, len, is_write, data)`` tuple or an object
+        with those attributes (the harness's ``RecordedExit``)."""
+        observed = [_exit_tuple(o) for o in observed]
         problems: list[str] = []
         if self.exits is not None and len(observed) != self.exits:
             problems.append(f"expected {self.exits} MMIO exits, got {len(observed)}")
@@ -132,6 +134,12 @@ class Expectation:
         if len(expected) != len(observed) and self.exits is None:
             problems.append(f"expected {len(expected)} MMIO exits, got {len(observed)}")
         return problems
+
+
+def _exit_tuple(obs: object) -> tuple[int, int, bool, bytes]:
+    if isinstance(obs, tuple):
+        return obs  # type: ignore[return-value]
+    return (obs.gpa, obs.len, obs.is_write, obs.data)  # type: ignore[attr-defined]
 
 
 def _describe_exit(gpa: int, length: int, is_write: bool, data: bytes | None) -> str:

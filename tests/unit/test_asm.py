@@ -87,3 +87,49 @@ def test_engine_output_is_repeatable():
     src = "x: mov eax, 10\njmp x\n"
     first = assemble(src, address=0x8000, bits=64).code
     assert assemble(src, address=0x8000, bits=64).code == first == bytes.fromhex("b80a000000ebf9")
+
+
+# -- long mode: absolute operands the CPU would sign-extend ---------------------------------
+
+@pytest.mark.parametrize("statement", [
+    "mov byte ptr [0xfee00000], 0x5a",     # disp32 0xfee00000 -> 0xfffffffffee00000
+    "mov rbx, qword ptr [0xd0000008]",     # no moffs form for rbx
+    "movdqu xmm0, xmmword ptr [0xd0000000]",
+    "lea rax, [0x90000000]",
+    "jmp qword ptr [0xffffffff]",
+])
+def test_long64_sign_extended_absolute_is_refused(statement):
+    with pytest.raises(AssemblyError) as info:
+        assemble(f"nop\n{statement}\n", address=0x8000, bits=64, path="p.S")
+    err = info.value
+    assert isinstance(err, PayloadError) and (err.path, err.line) == ("p.S", 2)
+    assert "sign-extended" in err.message and "movabs" in err.message
+    assert statement in err.message
+
+
+def test_long64_sign_extension_through_a_symbol_is_refused():
+    with pytest.raises(AssemblyError, match="0xffffffffd0000000"):
+        assemble("mov ecx, dword ptr [DEV]", address=0x8000, bits=64,
+                 symbols={"DEV": 0xD0000000})
+
+
+@pytest.mark.parametrize("statement", [
+    "movabs byte ptr [0xfee00000], al",           # moffs: a full 8-byte address
+    "mov eax, dword ptr [0xd0000000]",            # keystone picks moffs for eax
+    "mov rcx, qword ptr [0xffffffff80000000]",    # the upper-half address, written out
+    "mov rcx, qword ptr [-8]",
+    "mov dword ptr [0x7ffffff0], 1",              # below 2 GiB: no sign extension
+    "mov rcx, qword ptr [rbx + 0xd0000000]",      # has a base register
+])
+def test_long64_absolute_operands_that_mean_what_they_say(statement):
+    assemble(statement, address=0x8000, bits=64)
+
+
+def test_32bit_absolute_operands_are_not_checked():
+    code = assemble("mov byte ptr [0xfee00000], 0x5a", address=0x8000, bits=32).code
+    assert decode_one(code, 0x8000, 32).op_str == "byte ptr [0xfee00000], 0x5a"
+
+
+def test_sign_extension_check_keeps_placements_optional():
+    out = assemble("nop\nret", address=0x8000, bits=64)
+    assert out.placed == () and out.code == b"\x90\xc3"

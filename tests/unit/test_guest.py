@@ -19,6 +19,8 @@ from hostkvm.guest import (
     PT_POOL_GPA,
     PT_POOL_SIZE,
     RUNTIME_GPA,
+    TSS_GPA,
+    TSS_LIMIT,
     UCALL_ARG_REGS,
     UCALL_EXCEPTION,
     UCALL_PORT,
@@ -248,3 +250,44 @@ def test_resources_found():
     assert (_resources.guests_dir() / "runtime64.S").is_file()
     path, text = _resources.guest_source("runtime16.S")
     assert path.name == "runtime16.S" and "ucall_done:" in text
+
+
+PAYLOADS = sorted((Path(__file__).resolve().parents[2] / "payloads").glob("*.S"))
+
+
+def test_payload_library_builds():
+    """Every payload of the library parses, assembles and lays out (no KVM needed)."""
+    assert len(PAYLOADS) >= 20
+    for path in PAYLOADS:
+        img = build_guest(parse_payload(path))
+        assert img.payload.expect is not None, path.name
+
+
+@pytest.mark.parametrize("mode", ["prot32", "long64"])
+@pytest.mark.parametrize("cpl", [0, 3])
+def test_tss_io_bitmap_opens_only_the_ucall_port(mode, cpl):
+    """PVM ignores IOPL at CPL3, so ucalls from CPL3 rely on the TSS I/O bitmap."""
+    img = build_guest(parse_payload_text(f";@ mode: {mode}\n;@ cpl: {cpl}\nnop\n"))
+    assert img.cpu.tr.base == TSS_GPA and img.cpu.tr.limit == TSS_LIMIT
+    iomap_base = struct.unpack("<H", read(img, TSS_GPA + 102, 2))[0]
+    assert iomap_base == 104
+    bitmap = read(img, TSS_GPA + iomap_base, TSS_LIMIT + 1 - iomap_base)
+
+    def allowed(port):
+        byte = iomap_base + port // 8
+        return byte <= TSS_LIMIT and not bitmap[port // 8] >> (port % 8) & 1
+
+    assert allowed(UCALL_PORT)
+    assert not any(allowed(p) for p in (UCALL_PORT - 1, UCALL_PORT + 1, 0x80, 0x3F8, 0xFFFF))
+    assert bitmap[-1] == 0xFF
+    # the GDT descriptor that TR was loaded from says the same limit
+    gdt = read(img, GDT_GPA + 0x38, 8)
+    assert (gdt[0] | gdt[1] << 8 | (gdt[6] & 0xF) << 16) == TSS_LIMIT
+
+
+def test_sign_extended_operand_is_a_payload_error():
+    text = ";@ mmio: 0xd0000000+4K\n\n    mov byte ptr [0xd0000000], 1\n"
+    with pytest.raises(PayloadError) as info:
+        build_guest(parse_payload_text(text, "s.S"))
+    assert (info.value.path, info.value.line) == ("s.S", 3)
+    assert "movabs" in str(info.value) and "0xffffffffd0000000" in str(info.value)

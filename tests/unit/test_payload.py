@@ -129,3 +129,16 @@ def test_write_to_ro_ram_may_be_expected():
 def test_missing_file():
     with pytest.raises(PayloadError, match="cannot read payload"):
         parse_payload(DATA / "no-such.S")
+
+
+def test_check_exits_takes_recorded_exits():
+    """Objects with gpa/len/is_write/data (the harness's RecordedExit) work like tuples."""
+    from types import SimpleNamespace
+
+    p = parse_payload_text(";@ mmio: 0xd0000000+0x1000\n;@ expect: done\n"
+                           ";@ exit: write 0xd0000000 2 0x1234\nnop\n")
+    good = SimpleNamespace(gpa=0xD0000000, len=2, is_write=True, data=b"\x34\x12")
+    assert p.expect.check_exits([good]) == []
+    bad = SimpleNamespace(gpa=0xD0000000, len=2, is_write=False, data=b"\x34\x12")
+    assert p.expect.check_exits([bad]) == [
+        "exit 0: expected write 0xd0000000 2 3412, got read 0xd0000000 2 3412"]

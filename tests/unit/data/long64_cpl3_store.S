@@ -9,8 +9,9 @@
 ;@ exit: write 0xd0000000 4 0xcafef00d
 ;@ exit: read 0xd0000008 8 8877665544332211
     mov eax, 0xcafef00d
-    mov dword ptr [0xd0000000], eax   ; MMIO write
-    mov rbx, qword ptr [0xd0000008]   ; MMIO read
+    mov dword ptr [0xd0000000], eax   ; MMIO write (keystone picks movabs for eax)
+    movabs rax, qword ptr [0xd0000008] ; MMIO read (movabs: an 8-byte address)
+    mov rbx, rax
     mov qword ptr [0x100000], rbx     ; into RAM
     lea rdi, [rip + msg]
     mov esi, msg_end - msg

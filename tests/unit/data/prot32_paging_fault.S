@@ -1,4 +1,4 @@
-;@ description: 32-bit paging at CPL3; a read of an unmapped page raises #PF
+;@ description: 32-bit paging at CPL3; a read of an unmapped page raises #PF (on upstream KVM; PVM hosts support paging only in long mode and shut this down: see payloads/prot32_paging_unsupported_shutdown_cpl3.S)
 ;@ mode: prot32
 ;@ cpl: 3
 ;@ paging: on
