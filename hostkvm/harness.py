@@ -388,12 +388,14 @@ def run_machine(
                 per_run_stats.append(raw_stats())
             if type(e) is MmioExit:
                 regs = synced_regs()
-                append((6, e.gpa, e.len, e.is_write, e.data, regs.rip, regs.rcx, None))
+                data = e.data
                 if not e.is_write:
+                    # record the value the read completes with, not what kvm_run held
                     data = read_cache.get(e.len)
                     if data is None:
                         data = read_cache[e.len] = payload.read_data(e.len)
                     vcpu.complete_mmio_read(data)
+                append((6, e.gpa, e.len, e.is_write, data, regs.rip, regs.rcx, None))
                 if max_exits is not None and len(raw) >= max_exits:
                     outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
                 continue
