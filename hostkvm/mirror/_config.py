@@ -282,9 +282,16 @@ class HostConfig:
                     f"HostConfig.from_probe: probe[{key!r}] is {val!r}, expected {typ.__name__}"
                 )
             kwargs[key] = val
-        for key in ("l1tf", "x86_cache_bits", "x86_phys_bits", "sme", "sme_c_bit"):
+        for key in ("x86_cache_bits", "x86_phys_bits", "sme", "sme_c_bit"):
             if key in probe and probe[key] is not None:
                 kwargs[key] = probe[key]
+        l1tf = probe.get("l1tf")
+        if isinstance(l1tf, str):
+            # /sys/devices/system/cpu/vulnerabilities/l1tf: "Not affected", or the mitigation
+            # text ("Mitigation: PTE Inversion; ...") when the CPU has X86_BUG_L1TF.
+            kwargs["l1tf"] = l1tf.strip().lower() != "not affected"
+        elif l1tf is not None:
+            kwargs["l1tf"] = bool(l1tf)
         kwargs.update(overrides)
         return cls(**kwargs)
 

@@ -197,3 +197,14 @@ def test_quirks_from_backend() -> None:
     assert HostConfig(backend="vmx").quirks is QUIRKS_UPSTREAM
     assert {"kvm_exit", "kvm_entry", "kvm_page_fault"} <= QUIRKS_PVM.absent_tracepoints
     assert QUIRKS_PVM.cpl0_emulated and not QUIRKS_UPSTREAM.cpl0_emulated
+
+
+def test_from_probe_reads_the_l1tf_vulnerability_text() -> None:
+    from hostkvm.mirror import HostConfig
+
+    base = {"kernel": "6.1.0-56-amd64", "api_version": 12, "backend": "svm", "paging": "npt",
+            "tdp_mmu": True, "mmio_caching": True, "maxphyaddr": 40, "smm": True}
+    assert HostConfig.from_probe({**base, "l1tf": "Not affected"}).shadow_nonpresent_or_rsvd_mask == 0
+    affected = HostConfig.from_probe({**base, "l1tf": "Mitigation: PTE Inversion; VMX: conditional cache flushes"})
+    assert affected.l1tf is True
+    assert affected.shadow_nonpresent_or_rsvd_mask == 0xF800000000  # bits 35..39 for 40 cache bits

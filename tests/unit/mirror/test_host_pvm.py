@@ -32,9 +32,12 @@ def test_cpl3_mmio_write_ground_behaviour(vm: MirrorVm) -> None:
         p = vm.access(0, MMIO, MMIO, 4, "w", 3, b"\x11\x22\x33\x44")
         assert p.path is Path.NOSLOT_NO_INSTALL
         assert p.stats == {"pf_taken": 1, "pf_emulate": 1, "mmio_exits": 1}
-        assert p.event_names() == ["kvm_mmu_pagetable_walk", "vcpu_match_mmio", "kvm_mmio", "kvm_userspace_exit"]
-        walk, match, mmio, uexit = p.events
+        # observed on the PVM host: the #PF walk, then the emulator's instruction-fetch walk
+        assert p.event_names() == ["kvm_mmu_pagetable_walk", "kvm_mmu_pagetable_walk", "vcpu_match_mmio",
+                                   "kvm_mmio", "kvm_userspace_exit"]
+        walk, fetch, match, mmio, uexit = p.events
         assert walk.fields == {"addr": MMIO, "pferr": 0x6}
+        assert fetch.fields == {"addr": None, "pferr": 0x14}  # addr is the RIP: not predicted
         assert match.fields == {"gva": MMIO, "gpa": MMIO, "write": True, "gpa_match": False}
         assert mmio.fields == {"type": KVM_TRACE_MMIO_WRITE, "len": 4, "gpa": MMIO, "val": 0x44332211}
         assert uexit.fields == {"reason": KVM_EXIT_MMIO, "errno": 0}
@@ -61,7 +64,7 @@ def test_sse_store_two_8_byte_exits_one_mmio_exit(vm: MirrorVm) -> None:
     assert p.stats["mmio_exits"] == 1
     assert p.event_names().count("kvm_userspace_exit") == 2
     assert p.event_names().count("kvm_mmio") == 1
-    assert p.events[2].fields["len"] == 16
+    assert p.events[3].fields["len"] == 16
 
 
 def test_rep_stosb_is_n_one_byte_accesses(vm: MirrorVm) -> None:
@@ -92,7 +95,9 @@ def test_cpl0_is_emulated_quirk(vm: MirrorVm) -> None:
     assert p.quirk == "pvm_cpl0_emulation"
     assert "host quirk" in p.reasoning
     assert p.stats == {"mmio_exits": 1}  # no shadow #PF: no pf_* stats
-    assert p.event_names() == ["kvm_mmu_pagetable_walk", "kvm_mmio", "kvm_userspace_exit"]
+    # observed: the emulator's fetch walk (PFERR_FETCH) before the data walk
+    assert p.event_names() == ["kvm_mmu_pagetable_walk", "kvm_mmu_pagetable_walk", "kvm_mmio", "kvm_userspace_exit"]
+    assert [e.fields["pferr"] for e in p.events[:2]] == [0x10, 0x2]
     assert p.exits == (MmioExit(MMIO, 4, True, b"\1\2\3\4"),)
     ram = vm.access(0, 0x5000, 0x5000, 4, "w", 0, b"\0" * 4)
     assert ram.path is Path.EMULATED and ram.exits == () and ram.exit_reason is None
@@ -111,8 +116,9 @@ def test_upstream_cpl0_takes_the_fault_path() -> None:
 
 def test_read_events_and_exits(vm: MirrorVm) -> None:
     p = vm.access(0, MMIO + 8, MMIO + 8, 4, "r", 3, b"\x78\x56\x34\x12")
-    assert p.event_names() == ["kvm_mmu_pagetable_walk", "vcpu_match_mmio", "kvm_mmio", "kvm_userspace_exit", "kvm_mmio"]
-    unsat, done = p.events[2], p.events[4]
+    assert p.event_names() == ["kvm_mmu_pagetable_walk", "kvm_mmu_pagetable_walk", "vcpu_match_mmio", "kvm_mmio",
+                               "kvm_userspace_exit", "kvm_mmio"]
+    unsat, done = p.events[3], p.events[5]
     assert unsat.fields == {"type": 0, "len": 4, "gpa": MMIO + 8, "val": 0}
     assert done.fields == {"type": 1, "len": 4, "gpa": MMIO + 8, "val": 0x12345678}
     assert p.exits == (MmioExit(MMIO + 8, 4, False, None),)
