@@ -157,7 +157,7 @@ HARNESS_PAGES = (0x4000, 0x4F000, 0x8000)
 
 
 def _unpredict_addr(e: MirrorEvent) -> MirrorEvent:
-    if e.name != "kvm_mmu_pagetable_walk":
+    if e.name not in ("kvm_mmu_pagetable_walk", "kvm_page_fault"):
         return e
     return MirrorEvent(e.name, {k: None for k in e.fields})
 
@@ -166,16 +166,56 @@ def _ucall_exit() -> MirrorEvent:
     return MirrorEvent("kvm_userspace_exit", {"reason": KVM_EXIT_IO, "errno": 0})
 
 
-def replay_on_mirror(s: Scenario, cfg: HostConfig, image_regions: Iterable[Any],
+def guest_pt_pages(image: Any, gva: int) -> list[int]:
+    """The gpas of the guest page-table pages a hardware walk of *gva* reads (PML4 down to
+    the last level used), from the page tables in the guest image."""
+    mem: dict[int, bytes] = {}
+    for b in image.blobs:
+        for off in range(0, len(b.data), 4096):
+            mem[b.gpa + off] = b.data[off:off + 4096]
+    pages = []
+    table = image.cpu.cr3 & ~0xFFF
+    for level in (4, 3, 2, 1):
+        pages.append(table)
+        page = mem.get(table)
+        if page is None:
+            break
+        index = (gva >> (12 + 9 * (level - 1))) & 0x1FF
+        entry = int.from_bytes(page[index * 8:index * 8 + 8], "little")
+        if not entry & 1 or (level in (3, 2) and entry & 0x80):
+            break
+        table = entry & 0x000FFFFFFFFFF000
+    return pages
+
+
+def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
                      action_infos: Sequence[Sequence[Any]]) -> MirrorRun:
     """Replay scenario *s* on a fresh mirror VM configured like the host.
 
-    *image_regions* are the guest image's regions (the memslots the harness created, in
-    order); *action_infos* what each sync's host actions returned on the real host.
+    *image* is the guest image the host ran (its regions are the memslots the harness
+    created, in order); *action_infos* what each sync's host actions returned on the real
+    host. With TDP the CPU's own walk of the guest page tables faults on table pages the
+    TDP MMU has not mapped (yet, or since a zap): those accesses are replayed before each
+    guest access.
     """
     vm = MirrorVm(cfg)
+    tdp = cfg.tdp_enabled
+    pt_cache: dict[int, list[int]] = {}
+
+    def access(gva: int, width: int, kind: str, data: bytes | None) -> Any:
+        events: list[MirrorEvent] = []
+        if tdp:
+            pts = pt_cache.get(gva >> 12)
+            if pts is None:
+                pts = pt_cache[gva >> 12] = guest_pt_pages(image, gva)
+            for pt in pts:
+                # the table walk is the CPU's: its exact error code is not predicted
+                events.extend(MirrorEvent(e.name, {k: None for k in e.fields})
+                              for e in vm.access(0, pt, pt, 8, "r", s.cpl).events)
+        return events, vm.access(0, gva, gva, width, kind, s.cpl, data)
+
     slot = 0
-    for r in image_regions:
+    for r in image.regions:
         if r.kind == "mmio":
             continue
         vm.create_memslot(slot, r.gpa, r.size, 2 if r.readonly else 0)
@@ -183,7 +223,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image_regions: Iterable[Any],
     # The prologue faulted in the harness pages the measured part runs on; do the same here
     # and drop the predictions.
     for gva in HARNESS_PAGES:
-        vm.access(0, gva, gva, 1, "r", s.cpl)
+        access(gva, 1, "r", None)
     base_stats = dict(vm.vcpus[0].stat)
     exits: list[Any] = []
     exit_paths: list[str] = []
@@ -199,7 +239,8 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image_regions: Iterable[Any],
     for step in s.mirror_steps():
         if isinstance(step, Access):
             data = step.value.to_bytes(step.width, "little") if step.write else read_bytes[: step.width]
-            p = vm.access(0, step.gva, step.gva, step.width, "w" if step.write else "r", s.cpl, data)
+            pt_events, p = access(step.gva, step.width, "w" if step.write else "r", data)
+            events.extend(pt_events)
             paths[p.path.value] = paths.get(p.path.value, 0) + 1
             events.extend(p.events)
             what = f"{'store' if step.write else 'load'} {step.width}B at {step.gva:#x}"
@@ -218,7 +259,8 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image_regions: Iterable[Any],
             # The guest resumes in the runtime's ucall_sync (fetch, stack read) and returns
             # to the payload code: harness pages that a zap dropped are faulted in again.
             for gva in HARNESS_PAGES:
-                p = vm.access(0, gva, gva, 1, "r", s.cpl)
+                pt_events, p = access(gva, 1, "r", None)
+                events.extend(pt_events)
                 events.extend(_unpredict_addr(e) for e in p.events)
         elif isinstance(step, GuestPteWrite):
             # The guest's kernel service: an emulated store to the gPTE (write-tracked page
@@ -246,7 +288,7 @@ class HostRun:
     begin_vm: dict[str, Any]
     end_vcpu: dict[str, Any]
     end_vm: dict[str, Any]
-    image_regions: tuple[Any, ...]
+    image: Any  # the GuestImage the host ran
     missing: list[str]
 
 
@@ -294,7 +336,7 @@ def run_on_host(s: Scenario, kvm: Any, *, trace: bool = True) -> HostRun:
     if "vcpu" not in begin:
         begin["vcpu"], begin["vm"] = end_vcpu, end_vm
         missing.append("stats: the guest never reached the begin sync point")
-    return HostRun(result, infos, begin["vcpu"], begin["vm"], end_vcpu, end_vm, image.regions, missing)
+    return HostRun(result, infos, begin["vcpu"], begin["vm"], end_vcpu, end_vm, image, missing)
 
 
 # --- comparing ------------------------------------------------------------------------------
@@ -402,7 +444,7 @@ def compare_scenario(s: Scenario, kvm: Any, probe: dict[str, Any], cfg: HostConf
     r = host.result
     res.missing = host.missing + list(r.missing)
     tm = time.perf_counter()
-    mirror = replay_on_mirror(s, cfg, host.image_regions, host.action_infos)
+    mirror = replay_on_mirror(s, cfg, host.image, host.action_infos)
     divs = _Divs()
 
     if r.outcome.kind != "done":
