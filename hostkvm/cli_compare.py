@@ -138,6 +138,9 @@ def format_run(run: dict[str, Any]) -> list[str]:
     for c in run["scenarios"]:
         ev = f"events {c['events_matched']}/{c['events_compared']}" if c["events_compared"] else "events -"
         line = f"  {c['verdict']:<8} {c['name']:<34} exits {c['exits']:>4}/{c['predicted_exits']:<4} {ev:<16}"
+        fp = c.get("fastpath", {})
+        if any(fp.values()):
+            line += " fast path: " + " ".join(f"{k} {v}" for k, v in fp.items() if v)
         if c["divergences"]:
             line += f" divergences {len(c['divergences']) + c.get('more_divergences', 0)}"
         out.append(line)

@@ -35,6 +35,7 @@ from hostkvm.mirror import TraceEvent as MirrorEvent
 from hostkvm.scenario import BEGIN_SYNC, Access, GuestPteWrite, Scenario, Sync
 
 KVM_EXIT_IO = 2
+FASTPATH_EVENTS = ("mark_mmio_spte", "check_mmio_spte", "handle_mmio_page_fault", "kvm_fast_mmio")
 MAX_DIVERGENCES = 20  # per scenario and level; the count says how many more there were
 
 
@@ -93,6 +94,7 @@ class ScenarioResult:
     error: str = ""
     timing: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)  # predicted path -> accesses
+    fastpath: dict[str, int] = field(default_factory=dict)  # observed mmio-spte activity
     seconds: float = 0.0
     mirror_seconds: float = 0.0
 
@@ -103,7 +105,7 @@ class ScenarioResult:
             "events_compared": self.events_compared, "events_matched": self.events_matched,
             "divergences": [d.to_json() for d in self.divergences],
             "more_divergences": self.more_divergences, "missing": self.missing,
-            "error": self.error, "paths": self.paths, "timing": self.timing,
+            "error": self.error, "paths": self.paths, "fastpath": self.fastpath, "timing": self.timing,
             "seconds": round(self.seconds, 3), "mirror_seconds": round(self.mirror_seconds, 4),
         }
 
@@ -477,6 +479,14 @@ def compare_scenario(s: Scenario, kvm: Any, probe: dict[str, Any], cfg: HostConf
             r.trace.events, mirror.events, cfg, mirror.round_trips, divs)
     elif not any(m.startswith("events") for m in res.missing):
         res.missing.append("events: not traced")
+
+    # what the host's mmio-spte fast path did, measured part only
+    res.fastpath = {"pf_mmio_spte_created": host.end_vcpu.get("pf_mmio_spte_created", 0)
+                    - host.begin_vcpu.get("pf_mmio_spte_created", 0)}
+    if r.trace is not None and r.trace.events is not None:
+        counts = r.trace.events.counts()
+        for name in FASTPATH_EVENTS:
+            res.fastpath[name] = counts.get(name, 0)
 
     # stats
     for name in VCPU_STATS_MODELLED:
