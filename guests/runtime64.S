@@ -85,7 +85,9 @@ exc_5:  ; #BR
     push 5
     jmp exc_common
 
-exc_6:  ; #UD
+exc_6:  ; #UD; also the kernel-service entry (ud2 with rax = KERNEL_SERVICE_MAGIC)
+    cmp rax, KERNEL_SERVICE_MAGIC
+    je kernel_service
     push 0
     push 6
     jmp exc_common
@@ -243,3 +245,66 @@ exc_report:
     mov edx, UCALL_PORT
     out dx, al
     jmp exc_report
+
+; ---- kernel services (long64) ----------------------------------------------------
+; kernel_remap: rdi = gva, rsi = gpa, rdx = flush (0 none, 1 INVLPG, 2 CR3 reload).
+; Rewrites the 4 KiB PTE that maps gva so that it points at gpa (flags kept), as the
+; guest kernel would, then flushes. Callable at CPL3: it enters CPL0 through #UD (a
+; `ud2` with rax = KERNEL_SERVICE_MAGIC; PVM does not deliver `int N` from CPL3), and
+; returns past the ud2. Preserves every register but rflags.
+kernel_remap:
+    push rax
+    mov rax, KERNEL_SERVICE_MAGIC
+    ud2
+    pop rax
+    ret
+
+kernel_service:
+    push rax
+    push rbx
+    push rcx
+    push rsi
+    mov rcx, 0x000ffffffffff000
+    mov rax, cr3
+    and rax, rcx
+    mov rbx, rdi
+    shr rbx, 39
+    and rbx, 0x1ff
+    mov rax, qword ptr [rax + rbx*8]
+    and rax, rcx
+    mov rbx, rdi
+    shr rbx, 30
+    and rbx, 0x1ff
+    mov rax, qword ptr [rax + rbx*8]
+    and rax, rcx
+    mov rbx, rdi
+    shr rbx, 21
+    and rbx, 0x1ff
+    mov rax, qword ptr [rax + rbx*8]
+    and rax, rcx
+    mov rbx, rdi
+    shr rbx, 12
+    and rbx, 0x1ff
+    lea rax, [rax + rbx*8]
+    and rsi, rcx
+    not rcx
+    mov rbx, qword ptr [rax]
+    and rbx, rcx
+    or rbx, rsi
+    mov qword ptr [rax], rbx
+    cmp rdx, 1
+    jne kernel_service_cr3
+    invlpg byte ptr [rdi]
+    jmp kernel_service_out
+kernel_service_cr3:
+    cmp rdx, 2
+    jne kernel_service_out
+    mov rax, cr3
+    mov cr3, rax
+kernel_service_out:
+    add qword ptr [rsp + 32], 2
+    pop rsi
+    pop rcx
+    pop rbx
+    pop rax
+    iretq

@@ -26,6 +26,7 @@ from hostkvm.mirror import (
     KVM_PAGE_FAULT_ERROR_CODE_MASK,
     MIRROR_EVENTS,
     PFERR_FETCH_MASK,
+    PFERR_USER_MASK,
     VCPU_STATS_MODELLED,
     VM_STATS_MODELLED,
     HostConfig,
@@ -164,6 +165,50 @@ def _unpredict_addr(e: MirrorEvent) -> MirrorEvent:
     return MirrorEvent(e.name, {k: None for k in e.fields})
 
 
+# Marks, in the predicted stream, where the guest ran the runtime's kernel service.
+KERNEL_SERVICE_MARK = "__kernel_service"
+# The stores kernel_service makes besides the PTE: push rax/rbx/rcx/rsi, add [rsp+32]
+# (guests/runtime64.S).
+KERNEL_SERVICE_STACK_STORES = 5
+
+
+def kernel_service(vm: MirrorVm, step: GuestPteWrite) -> None:
+    """The runtime's kernel_remap as the host sees it: CPL3 `ud2` -> #UD -> the CPL0 stub
+    stores the new gPTE, then INVLPG or a CR3 reload.
+
+    * Where CPL0 is emulated (PVM), the `ud2` is first handed to the emulator, which fails
+      (``x86.c:handle_emulation_failure()``: insn_emulation_fail), and every CPL0 store is
+      an emulated write that goes through ``mmu.c:kvm_mmu_track_write()`` (mmu_pte_write
+      counts each, shadowed gfn or not).
+    * With native CPL0 and shadow paging, the store to the write-protected (shadowed) page
+      table faults and is emulated: ``kvm_mmu_page_fault()`` -> RET_PF_EMULATE
+      (pf_taken, pf_emulate), then kvm_mmu_track_write.
+    * With TDP there are no shadowed guest page tables: nothing is tracked.
+    """
+    cfg = vm.config
+    v = vm.vcpus[0]
+    if cfg.quirks.cpl0_emulated:
+        v.stat["insn_emulation_fail"] = v.stat.get("insn_emulation_fail", 0) + 1
+        vm.stat["mmu_pte_write"] = vm.stat.get("mmu_pte_write", 0) + KERNEL_SERVICE_STACK_STORES
+        vm.track_write(step.gva)
+    elif not cfg.tdp_enabled:
+        v.stat["pf_taken"] = v.stat.get("pf_taken", 0) + 1
+        v.stat["pf_emulate"] = v.stat.get("pf_emulate", 0) + 1
+        vm.track_write(step.gva)
+    if step.flush == "invlpg":
+        vm.invlpg(0, step.gva, gpa=step.gpa)
+    elif step.flush == "cr3":
+        vm.load_cr3(0)
+
+
+def _strip_kernel_service(group: list[Any]) -> list[Any]:
+    """Drop the walks the kernel service itself causes from a host round trip: supervisor
+    walks (CPL0 instructions fetched and run by the emulator) and walks of the runtime's
+    code (the `ud2`)."""
+    return [e for e in group if e.name != "kvm_mmu_pagetable_walk" or (
+        e.fields.get("pferr", 0) & PFERR_USER_MASK and not 0x4000 <= e.fields.get("addr", 0) < 0x8000)]
+
+
 def _ucall_exit() -> MirrorEvent:
     return MirrorEvent("kvm_userspace_exit", {"reason": KVM_EXIT_IO, "errno": 0})
 
@@ -204,7 +249,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
     tdp = cfg.tdp_enabled
     pt_cache: dict[int, list[int]] = {}
 
-    def access(gva: int, width: int, kind: str, data: bytes | None) -> Any:
+    def access(gva: int, gpa: int, width: int, kind: str, data: bytes | None) -> Any:
         events: list[MirrorEvent] = []
         if tdp:
             pts = pt_cache.get(gva >> 12)
@@ -214,7 +259,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
                 # the table walk is the CPU's: its exact error code is not predicted
                 events.extend(MirrorEvent(e.name, {k: None for k in e.fields})
                               for e in vm.access(0, pt, pt, 8, "r", s.cpl).events)
-        return events, vm.access(0, gva, gva, width, kind, s.cpl, data)
+        return events, vm.access(0, gva, gpa, width, kind, s.cpl, data)
 
     slot = 0
     for r in image.regions:
@@ -225,8 +270,9 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
     # The prologue faulted in the harness pages the measured part runs on; do the same here
     # and drop the predictions.
     for gva in HARNESS_PAGES:
-        access(gva, 1, "r", None)
+        access(gva, gva, 1, "r", None)
     base_stats = dict(vm.vcpus[0].stat)
+    remapped: dict[int, int] = {}  # gva page -> gpa page after the guest's kernel_remap
     exits: list[Any] = []
     exit_paths: list[str] = []
     exit_reasoning: list[str] = []
@@ -241,7 +287,8 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
     for step in s.mirror_steps():
         if isinstance(step, Access):
             data = step.value.to_bytes(step.width, "little") if step.write else read_bytes[: step.width]
-            pt_events, p = access(step.gva, step.width, "w" if step.write else "r", data)
+            gpa = (remapped.get(step.gva >> 12, step.gva >> 12) << 12) | (step.gva & 0xFFF)
+            pt_events, p = access(step.gva, gpa, step.width, "w" if step.write else "r", data)
             events.extend(pt_events)
             paths[p.path.value] = paths.get(p.path.value, 0) + 1
             events.extend(p.events)
@@ -261,17 +308,13 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
             # The guest resumes in the runtime's ucall_sync (fetch, stack read) and returns
             # to the payload code: harness pages that a zap dropped are faulted in again.
             for gva in HARNESS_PAGES:
-                pt_events, p = access(gva, 1, "r", None)
+                pt_events, p = access(gva, gva, 1, "r", None)
                 events.extend(pt_events)
                 events.extend(_unpredict_addr(e) for e in p.events)
         elif isinstance(step, GuestPteWrite):
-            # The guest's kernel service: an emulated store to the gPTE (write-tracked page
-            # table -> kvm_mmu_track_write), then INVLPG or a CR3 reload.
-            vm.track_write(step.gva)
-            if step.flush == "invlpg":
-                vm.invlpg(0, step.gva, gpa=step.gpa)
-            elif step.flush == "cr3":
-                vm.load_cr3(0)
+            kernel_service(vm, step)
+            remapped[step.gva >> 12] = step.gpa >> 12
+            events.append(MirrorEvent(KERNEL_SERVICE_MARK, {}))
     events.append(_ucall_exit())
     trips.append(_RoundTrip("done", "done"))
     vmstats = {k: vm.stat.get(k, 0) - pte_before.get(k, 0) for k in VM_STATS_MODELLED}
@@ -389,7 +432,12 @@ def compare_events(host_events: Iterable[Any], predicted: Sequence[MirrorEvent],
             host_groups = host_groups[i + 1:]
             break
     host_groups = [_strip_ucall_emulation(g) for g in host_groups]
-    pred_groups = _groups(e for e in predicted if e.name in keep)
+    pred_groups = _groups(e for e in predicted if e.name in keep or e.name == KERNEL_SERVICE_MARK)
+    for gi, pg in enumerate(pred_groups):
+        if any(e.name == KERNEL_SERVICE_MARK for e in pg):
+            pred_groups[gi] = [e for e in pg if e.name != KERNEL_SERVICE_MARK]
+            if gi < len(host_groups):
+                host_groups[gi] = _strip_kernel_service(host_groups[gi])
     compared = matched = 0
     for gi in range(max(len(host_groups), len(pred_groups))):
         hg = host_groups[gi] if gi < len(host_groups) else []

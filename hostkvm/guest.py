@@ -114,6 +114,9 @@ assert PT_POOL_GPA + PT_POOL_SIZE == HARNESS_GPA + HARNESS_SIZE
 
 # -- ucall protocol ------------------------------------------------------------------------
 UCALL_PORT = 0x6A00
+# long64: rax value that turns a `ud2` into a call of the runtime's kernel services
+# (kernel_remap) instead of a #UD report
+KERNEL_SERVICE_MAGIC = 0x6B766D73
 UCALL_DONE = 1
 UCALL_FAIL = 2
 UCALL_PRINT = 3
@@ -147,6 +150,7 @@ assert TSS_GPA + TSS_LIMIT < RUNTIME_GPA
 PAYLOAD_SYMBOLS: tuple[str, ...] = (
     "ucall_done", "ucall_fail", "ucall_print", "ucall_sync",
     "UCALL_PORT", "UCALL_DONE", "UCALL_FAIL", "UCALL_PRINT", "UCALL_SYNC", "UCALL_EXCEPTION",
+    "kernel_remap",  # long64 only
 )
 
 _UCALL_CONSTANTS = {
@@ -274,9 +278,11 @@ def _runtime(mode: str) -> _Runtime:
     path, text = guest_source(f"runtime{bits}.S")
     export = ["ucall_done", "ucall_fail", "ucall_print", "ucall_sync"]
     export += [f"exc_{v}" for v in range(NR_EXCEPTION_VECTORS)]
+    if mode == "long64":
+        export += ["kernel_remap"]
     if mode == "real16":
         export.append("exc_other")
-    symbols = dict(_UCALL_CONSTANTS, EXC_FRAME=EXC_FRAME_GPA)
+    symbols = dict(_UCALL_CONSTANTS, EXC_FRAME=EXC_FRAME_GPA, KERNEL_SERVICE_MAGIC=KERNEL_SERVICE_MAGIC)
     code = assemble(text, address=RUNTIME_GPA, bits=bits, path=str(path), symbols=symbols,
                     export=export)
     if code.end > RUNTIME_END:
@@ -352,7 +358,7 @@ def build_guest(payload: Payload, *, cpu_has_pdpe1gb: bool = False) -> GuestImag
     rt = runtime.code.symbols
     symbols = dict(_UCALL_CONSTANTS)
     symbols.update({name: rt[name] for name in ("ucall_done", "ucall_fail", "ucall_print",
-                                                 "ucall_sync")})
+                                                 "ucall_sync", "kernel_remap") if name in rt})
     code = assemble(list(payload.statements) + _epilogue(), address=PAYLOAD_GPA, bits=bits,
                     path=payload.path, symbols=symbols, placements=True)
     limit = PAYLOAD_END_REAL16 if mode == "real16" else PAYLOAD_END

@@ -255,7 +255,7 @@ class Scenario:
 
     def payload_text(self) -> str:
         """The payload (payload format) the host runs."""
-        lines = [f";@ description: {self.description}", f";@ cpl: {self.cpl}",
+        lines = [f";@ description: {self.description}", f";@ cpl: {self.cpl}", ";@ pages: 4k",
                  f";@ read: {self.read_value:#x}", f";@ timeout: {self.timeout:g}", ";@ expect: done"]
         for kind, gpa, size, ro in self.regions:
             lines.append(f";@ {kind}: {gpa:#x}+{size:#x}" + (" ro" if ro else ""))
@@ -267,6 +267,12 @@ class Scenario:
             "    add rax, 0x1000",
             "    cmp rax, 0x10000",
             "    jb __prologue_touch",
+        ]
+        if any(isinstance(st, GuestPteWrite) for st in self.steps):
+            # fault in what the kernel service runs on (kernel stack, IDT, exception frame)
+            # by remapping the first payload code page onto itself, without a flush
+            body += ["    mov rdi, 0x8000", "    mov rsi, 0x8000", "    mov rdx, 0", "    call kernel_remap"]
+        body += [
             f"    mov rdi, {BEGIN_SYNC:#x}",
             "    call ucall_sync",
         ]

@@ -131,3 +131,49 @@ s.store(RAM_GPA, 4, 0x77)
 s.load(RAM_GPA, 4, expect=0)
 s.store(RAM_GPA + 4, 2, 0x88)
 register(s)
+
+# --- guest page-table changes (the runtime's kernel_remap service, at CPL0) --------------------
+
+s = Scenario(
+    "remap_invlpg",
+    "the guest remaps a gva from MMIO gpa A to MMIO gpa B (PTE write at CPL0) and runs "
+    "INVLPG: the next access exits at B",
+    review="drop mmio sptes and the per-vCPU mmio_gva cache on invlpg",
+)
+s.mmio(MMIO_A, 0x1000)
+s.mmio(MMIO_B, 0x1000)
+s.store(MMIO_A, 4, 1)
+s.store(MMIO_A, 4, 2)
+s.remap(MMIO_A, MMIO_B, "invlpg")
+s.store(MMIO_A, 4, 3)
+s.store(MMIO_A, 4, 4)
+register(s)
+
+s = Scenario(
+    "remap_cr3_reload",
+    "the guest remaps a gva from MMIO A to MMIO B and reloads CR3 instead of INVLPG: the next "
+    "access exits at B",
+    review="clear cached MMIO info under CR3 sync",
+)
+s.mmio(MMIO_A, 0x1000)
+s.mmio(MMIO_B, 0x1000)
+s.store(MMIO_A, 4, 1)
+s.remap(MMIO_A, MMIO_B, "cr3")
+s.store(MMIO_A, 4, 2)
+s.remap(MMIO_A, MMIO_A, "cr3")
+s.store(MMIO_A, 4, 3)
+register(s)
+
+s = Scenario(
+    "guest_pte_write_retarget",
+    "the guest rewrites its own (shadowed) PTE to retarget an MMIO mapping from A to B with no "
+    "flush: write tracking of the shadowed page table must zap the mmio spte",
+    review="drop mmio sptes on guest PTE writes",
+)
+s.mmio(MMIO_A, 0x1000)
+s.mmio(MMIO_B, 0x1000)
+s.store(MMIO_A, 4, 1)
+s.store(MMIO_A, 4, 2)
+s.remap(MMIO_A, MMIO_B, "none")
+s.store(MMIO_A, 4, 3)
+register(s)
