@@ -172,18 +172,21 @@ KERNEL_SERVICE_MARK = "__kernel_service"
 KERNEL_SERVICE_STACK_STORES = 5
 
 
-def kernel_service(vm: MirrorVm, step: GuestPteWrite) -> None:
+def kernel_service(vm: MirrorVm, step: GuestPteWrite, unsync_tables: set[int]) -> None:
     """The runtime's kernel_remap as the host sees it: CPL3 `ud2` -> #UD -> the CPL0 stub
     stores the new gPTE, then INVLPG or a CR3 reload.
 
     * Where CPL0 is emulated (PVM), the `ud2` is first handed to the emulator, which fails
       (``x86.c:handle_emulation_failure()``: insn_emulation_fail), and every CPL0 store is
       an emulated write that goes through ``mmu.c:kvm_mmu_track_write()`` (mmu_pte_write
-      counts each, shadowed gfn or not).
-    * With native CPL0 and shadow paging, the store to the write-protected (shadowed) page
-      table faults and is emulated: ``kvm_mmu_page_fault()`` -> RET_PF_EMULATE
-      (pf_taken, pf_emulate), then kvm_mmu_track_write.
-    * With TDP there are no shadowed guest page tables: nothing is tracked.
+      counts each, shadowed gfn or not), which zaps the leaf at once.
+    * With native CPL0 and shadow paging, the first store to a shadowed last-level guest
+      page table faults and is fixed by unsyncing that shadow page
+      (``mmu.c:mmu_try_to_unsync_pages()``: pf_taken, pf_fixed, no emulation); later stores
+      to it do not fault. The old translation stays until INVLPG (``FNAME(sync_spte)``) or
+      a CR3 load (``kvm_mmu_sync_roots()``, which also resyncs the page).
+    * With TDP the guest's page tables are not shadowed, and INVLPG/CR3 loads do not exit.
+    *unsync_tables* holds the last-level tables (gva >> 21) unsynced so far.
     """
     cfg = vm.config
     v = vm.vcpus[0]
@@ -192,21 +195,33 @@ def kernel_service(vm: MirrorVm, step: GuestPteWrite) -> None:
         vm.stat["mmu_pte_write"] = vm.stat.get("mmu_pte_write", 0) + KERNEL_SERVICE_STACK_STORES
         vm.track_write(step.gva)
     elif not cfg.tdp_enabled:
-        v.stat["pf_taken"] = v.stat.get("pf_taken", 0) + 1
-        v.stat["pf_emulate"] = v.stat.get("pf_emulate", 0) + 1
-        vm.track_write(step.gva)
+        if step.gva >> 21 not in unsync_tables:
+            v.stat["pf_taken"] = v.stat.get("pf_taken", 0) + 1
+            v.stat["pf_fixed"] = v.stat.get("pf_fixed", 0) + 1
+            unsync_tables.add(step.gva >> 21)
+        vm.mark_unsync(step.gva)
     if step.flush == "invlpg":
         vm.invlpg(0, step.gva, gpa=step.gpa)
     elif step.flush == "cr3":
         vm.load_cr3(0)
+        if not cfg.tdp_enabled:
+            vm.sync_roots(0)
+            unsync_tables.clear()
 
 
 def _strip_kernel_service(group: list[Any]) -> list[Any]:
-    """Drop the walks the kernel service itself causes from a host round trip: supervisor
-    walks (CPL0 instructions fetched and run by the emulator) and walks of the runtime's
-    code (the `ud2`)."""
-    return [e for e in group if e.name != "kvm_mmu_pagetable_walk" or (
-        e.fields.get("pferr", 0) & PFERR_USER_MASK and not 0x4000 <= e.fields.get("addr", 0) < 0x8000)]
+    """Drop what the kernel service itself causes from a host round trip: supervisor walks
+    and faults (CPL0 instructions fetched and run by the emulator, the store to the page
+    table) and walks of the runtime's code (the `ud2`)."""
+    out = []
+    for e in group:
+        if e.name == "kvm_mmu_pagetable_walk" and (
+                not e.fields.get("pferr", 0) & PFERR_USER_MASK or 0x4000 <= e.fields.get("addr", 0) < 0x8000):
+            continue
+        if e.name == "kvm_page_fault" and not e.fields.get("error_code", 0) & PFERR_USER_MASK:
+            continue
+        out.append(e)
+    return out
 
 
 def _ucall_exit() -> MirrorEvent:
@@ -273,6 +288,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
         access(gva, gva, 1, "r", None)
     base_stats = dict(vm.vcpus[0].stat)
     remapped: dict[int, int] = {}  # gva page -> gpa page after the guest's kernel_remap
+    unsync_tables: set[int] = set()
     exits: list[Any] = []
     exit_paths: list[str] = []
     exit_reasoning: list[str] = []
@@ -312,7 +328,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
                 events.extend(pt_events)
                 events.extend(_unpredict_addr(e) for e in p.events)
         elif isinstance(step, GuestPteWrite):
-            kernel_service(vm, step)
+            kernel_service(vm, step, unsync_tables)
             remapped[step.gva >> 12] = step.gpa >> 12
             events.append(MirrorEvent(KERNEL_SERVICE_MARK, {}))
     events.append(_ucall_exit())

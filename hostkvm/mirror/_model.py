@@ -640,10 +640,14 @@ class MirrorVm:
         """
         v = vcpu if isinstance(vcpu, MirrorVcpu) else self.vcpus[vcpu]
         events: list[tuple[Any, ...]] = []
+        cfg = self.config
+        if cfg.tdp_enabled:
+            # svm.c:init_vmcb() clears INTERCEPT_INVLPG when npt_enabled; vmx.c drops
+            # CPU_BASED_INVLPG_EXITING with EPT: the guest's INVLPG never reaches KVM.
+            return ActionResult([], "INVLPG is not intercepted with EPT/NPT")
         via = ["kvm_mmu_invlpg"]
         v.stat["invlpg"] += 1
-        cfg = self.config
-        if cfg.tdp_enabled or not v.paging:
+        if not v.paging:
             via.append("direct MMU: no sync_spte, MMIO cache untouched")
             return ActionResult(_materialize(events), " -> ".join(via))
         via.append("__kvm_mmu_invalidate_addr: vcpu_clear_mmio_info")
@@ -694,6 +698,10 @@ class MirrorVm:
         """mmu.c:kvm_mmu_new_pgd(): a CR3 load clears the whole MMIO cache
         (``vcpu_clear_mmio_info(MMIO_GVA_ANY)``). The mirror keeps one set of shadow roots."""
         v = vcpu if isinstance(vcpu, MirrorVcpu) else self.vcpus[vcpu]
+        if self.config.tdp_enabled and v.paging:
+            # CR3 writes of a paging guest do not exit with EPT/NPT (svm.c/vmx.c intercept
+            # CR3 only without TDP): KVM never sees this load.
+            return ActionResult([], "CR3 load is not intercepted with EPT/NPT")
         vcpu_clear_mmio_info(v, MMIO_GVA_ANY)
         return ActionResult([], "kvm_mmu_new_pgd -> vcpu_clear_mmio_info(MMIO_GVA_ANY)")
 
