@@ -96,6 +96,7 @@ class ScenarioResult:
     timing: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)  # predicted path -> accesses
     fastpath: dict[str, int] = field(default_factory=dict)  # observed mmio-spte activity
+    extra: dict[str, Any] = field(default_factory=dict)  # scenario-specific observations
     seconds: float = 0.0
     mirror_seconds: float = 0.0
 
@@ -106,7 +107,8 @@ class ScenarioResult:
             "events_compared": self.events_compared, "events_matched": self.events_matched,
             "divergences": [d.to_json() for d in self.divergences],
             "more_divergences": self.more_divergences, "missing": self.missing,
-            "error": self.error, "paths": self.paths, "fastpath": self.fastpath, "timing": self.timing,
+            "error": self.error, "paths": self.paths, "fastpath": self.fastpath, "extra": self.extra,
+            "timing": self.timing,
             "seconds": round(self.seconds, 3), "mirror_seconds": round(self.mirror_seconds, 4),
         }
 
