@@ -194,7 +194,8 @@ def side_by_side(runs: list[dict[str, Any]]) -> list[str]:
             cells.append(f"{c['verdict']} {c['exits']}x" + (f" [{paths}]" if paths else ""))
         out.append(f"{n:<{width}}  " + "  ".join(f"{x:<{cw}}" for x in cells))
     for r, lab in zip(runs, labels, strict=True):
-        out.append(f"{lab}: {r['host_label']}")
+        label = r["host_label"]
+        out.append(label if label.startswith(f"{lab}:") else f"{lab}: {label}")
     out.append("paths: " + ", ".join(f"{v} = {k}" for k, v in PATH_SHORT.items()))
     return out
 
