@@ -137,7 +137,8 @@ def format_run(run: dict[str, Any]) -> list[str]:
     out = [f"host: {run['host_label']}"]
     for c in run["scenarios"]:
         ev = f"events {c['events_matched']}/{c['events_compared']}" if c["events_compared"] else "events -"
-        line = f"  {c['verdict']:<8} {c['name']:<34} exits {c['exits']:>4}/{c['predicted_exits']:<4} {ev:<16}"
+        pred = "-" if c["predicted_exits"] is None else c["predicted_exits"]
+        line = f"  {c['verdict']:<8} {c['name']:<34} exits {c['exits']:>4}/{pred:<4} {ev:<16}"
         fp = c.get("fastpath", {})
         if any(fp.values()):
             line += " fast path: " + " ".join(f"{k} {v}" for k, v in fp.items() if v)
@@ -181,8 +182,7 @@ def side_by_side(runs: list[dict[str, Any]]) -> list[str]:
                 names.append(c["name"])
     labels = [r.get("host_key", "local") for r in runs]
     width = max(len(n) for n in names) if names else 10
-    cw = 30
-    out = [f"{'scenario':<{width}}  " + "  ".join(f"{lab:<{cw}}" for lab in labels)]
+    table: list[list[str]] = []
     for n in names:
         cells = []
         for r in runs:
@@ -192,7 +192,11 @@ def side_by_side(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             paths = ",".join(sorted(PATH_SHORT.get(k, k) for k in c.get("paths", {})))
             cells.append(f"{c['verdict']} {c['exits']}x" + (f" [{paths}]" if paths else ""))
-        out.append(f"{n:<{width}}  " + "  ".join(f"{x:<{cw}}" for x in cells))
+        table.append(cells)
+    cw = max([len(x) for row in table for x in row] + [len(lab) for lab in labels])
+    out = [f"{'scenario':<{width}}  " + "  ".join(f"{lab:<{cw}}" for lab in labels).rstrip()]
+    for n, cells in zip(names, table, strict=True):
+        out.append((f"{n:<{width}}  " + "  ".join(f"{x:<{cw}}" for x in cells)).rstrip())
     for r, lab in zip(runs, labels, strict=True):
         label = r["host_label"]
         out.append(label if label.startswith(f"{lab}:") else f"{lab}: {label}")

@@ -86,7 +86,7 @@ class ScenarioResult:
     host: str  # host configuration label
     description: str = ""
     exits: int = 0
-    predicted_exits: int = 0
+    predicted_exits: int | None = 0  # None: the scenario checks invariants, not a prediction
     events_compared: int = 0
     events_matched: int = 0
     divergences: list[Divergence] = field(default_factory=list)
