@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 from collections.abc import Callable
 
 from hostkvm._uapi.ioctls import IOCTL_ARG_TYPE, KvmIoctl
@@ -36,7 +37,14 @@ def ioctl(
     *context* (a string, or a callable producing one only on failure) names the
     arguments in the error message.
     """
-    if not isinstance(arg, int):
+    if isinstance(arg, int):
+        if arg == 0:
+            # Without an argument fcntl.ioctl passes 0 and skips probing it as a buffer.
+            try:
+                return fcntl.ioctl(fd, request)
+            except OSError as e:
+                raise ioctl_error(request, e, context) from None
+    else:
         want = ioctl_arg_size(request)
         have = ctypes.sizeof(arg)
         if want and have < want:
@@ -44,8 +52,24 @@ def ioctl(
     try:
         return fcntl.ioctl(fd, request, arg)
     except OSError as e:
-        ctx = context() if callable(context) else context
-        raise KvmIoctlError(request.name, e.errno or errno.EIO, ctx) from None
+        raise ioctl_error(request, e, context) from None
+
+
+def ioctl_error(request: KvmIoctl, err: OSError, context: str | Callable[[], str] = "") -> KvmIoctlError:
+    """The :class:`KvmIoctlError` for *err*, an ``OSError`` raised by *request*."""
+    ctx = context() if callable(context) else context
+    return KvmIoctlError(request.name, err.errno or errno.EIO, ctx)
+
+
+def ioctl_noarg(fd: int, request: KvmIoctl) -> Callable[[], int]:
+    """A callable issuing *request* on *fd* with argument 0, for hot loops (``KVM_RUN``).
+
+    It is ``fcntl.ioctl`` bound to its arguments: no Python frame per call, and no
+    argument probing (``fcntl.ioctl`` tries an integer argument as a writable then a
+    read-only buffer before taking it as an integer, which costs more than the call).
+    A failure raises a plain ``OSError``; convert it with :func:`ioctl_error`.
+    """
+    return functools.partial(fcntl.ioctl, fd, int(request))
 
 
 def expected_arg_type(request: KvmIoctl) -> type[ctypes.Structure] | None:

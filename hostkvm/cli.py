@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("hostkvm.cli_compare", "run scenarios on this host (or the reference host) and on the mirror; report divergences"),
     "report": ("hostkvm.cli_report", "merge hostkvm compare --json runs from several hosts into one table"),
     "run": ("hostkvm.cli_run", "run one payload on this host and print every exit and the outcome"),
+    "bench": ("hostkvm.cli_bench", "measure the harness against a C KVM_RUN loop, observation overhead, mirror throughput, VM setup and whole-process cost"),
     "refhost": ("hostkvm.refhost.cli", "build the reference host (stock KVM under QEMU TCG) and run commands inside it"),
 }
 

@@ -30,6 +30,25 @@ _io = struct.Struct("<BBHIQ").unpack_from  # direction, size, port, count, data_
 MMIO_DATA_OFFSET = _U_OFF + 8  # kvm_run.mmio.data
 
 
+def _mmio_exit_regs_struct() -> struct.Struct:
+    from hostkvm._uapi.structs import kvm_regs
+
+    rcx = kvm_run.s.offset + kvm_regs.rcx.offset
+    rip = kvm_run.s.offset + kvm_regs.rip.offset
+    assert _EXIT_REASON_OFF + 4 <= _U_OFF and _U_OFF + 21 <= rcx < rip
+    return struct.Struct(
+        f"<I{_U_OFF - _EXIT_REASON_OFF - 4}xQ8sIB{rcx - _U_OFF - 21}xQ{rip - rcx - 8}xQ"
+    )
+
+
+#: For hot run loops: one unpack at :data:`MMIO_EXIT_REGS_OFFSET` of the ``kvm_run`` page
+#: gives ``(exit_reason, mmio.phys_addr, mmio.data (8 bytes), mmio.len, mmio.is_write,
+#: s.regs.rcx, s.regs.rip)``; the mmio fields mean something only for ``KVM_EXIT_MMIO``,
+#: the registers only with ``KVM_SYNC_X86_REGS`` set in ``kvm_valid_regs``.
+MMIO_EXIT_REGS = _mmio_exit_regs_struct()
+MMIO_EXIT_REGS_OFFSET = _EXIT_REASON_OFF
+
+
 @dataclass(frozen=True, slots=True)
 class MmioExit:
     """``KVM_EXIT_MMIO``: the guest touched *gpa* where no memslot (or a readonly one) is.

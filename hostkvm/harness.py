@@ -12,22 +12,30 @@ recorded as plain tuples, and decoding instructions for reports happens afterwar
 
 from __future__ import annotations
 
+import errno
+import gc
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hostkvm._syscall import ioctl_error
 from hostkvm._uapi.constants import KVM_SYNC_X86_REGS, KvmCap, KvmMemFlag
+from hostkvm._uapi.ioctls import KvmIoctl
 from hostkvm._uapi.structs import kvm_regs, kvm_sregs
 from hostkvm.asm import decode_one
 from hostkvm.errors import HostKvmError, TraceError
 from hostkvm.exits import (
+    MMIO_DATA_OFFSET,
+    MMIO_EXIT_REGS,
+    MMIO_EXIT_REGS_OFFSET,
     HltExit,
     InternalErrorExit,
     IntrExit,
     IoExit,
-    MmioExit,
     ShutdownExit,
+    decode_exit,
     exit_reason_name,
 )
 from hostkvm.guest import (
@@ -48,6 +56,7 @@ from hostkvm.vm import Vm
 from hostkvm.x86.state import KVM_REGS_FIELDS, KVM_SREGS_DTABLES, KVM_SREGS_SCALARS, KVM_SREGS_SEGMENTS
 
 _monotonic_ns = time.monotonic_ns
+_INTR = IntrExit()
 
 X86_EXCEPTION_NAMES = {
     0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
@@ -81,7 +90,7 @@ class RecordedExit:
     where: str = ""
     ns: int = 0
     run_index: int = 0
-    events: list[Any] = field(default_factory=list)
+    events: Sequence[Any] = field(default_factory=list)  # TraceEvents of its round trip when traced
     kernel_ns: int | None = None
     stats: dict[str, int] | None = None
 
@@ -368,54 +377,75 @@ def run_machine(
     raw_stats = stats.read_raw if stats_per_exit else None
     per_run_stats: list[tuple[int, ...]] = [stats.read_raw()] if stats_per_exit else []
 
-    raw: list[tuple[int, int, int, bool, bytes, int, int, int | None]] = []
-    windows: list[tuple[int, int]] = []
-    append = raw.append
-    window = windows.append
+    # One record per KVM_RUN, in order: (t0, t1, reason, gpa, len, is_write, data, rip, rcx,
+    # port) with monotonic ns around the call. reason 6: an MMIO exit (data: a write's 8 bytes
+    # of kvm_run.mmio.data, a read's completion value); 2: a port-I/O exit of the payload; 0: a ucall that resumed;
+    # -1: the last run (final ucall or terminal exit), which belongs to no exit.
+    records: list[tuple[Any, ...]] = []
+    record = records.append
     prints: list[str] = []
     syncs: list[int] = []
     outcome: Outcome | None = None
-    run = vcpu.run
-    synced_regs = vcpu.synced_regs
-    t_start = _monotonic_ns()
-    with vcpu.deadline(timeout):
-        while outcome is None:
-            t0 = _monotonic_ns()
-            e = run()
-            t1 = _monotonic_ns()
-            window((t0, t1))
-            if raw_stats is not None:
-                per_run_stats.append(raw_stats())
-            if type(e) is MmioExit:
-                regs = synced_regs()
-                data = e.data
-                if not e.is_write:
-                    # record the value the read completes with, not what kvm_run held
-                    data = read_cache.get(e.len)
-                    if data is None:
-                        data = read_cache[e.len] = payload.read_data(e.len)
-                    vcpu.complete_mmio_read(data)
-                append((6, e.gpa, e.len, e.is_write, data, regs.rip, regs.rcx, None))
-                if max_exits is not None and len(raw) >= max_exits:
-                    outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
-                continue
-            if type(e) is IoExit:
-                regs = synced_regs()
-                if e.port == ucall_port and e.is_out and e.size == 1:
-                    outcome = _ucall(machine, vcpu, e.data[0], regs, on_sync, prints, syncs)
-                    if outcome is None:
-                        # Everything the host did at the ucall belongs to no exit of the payload.
-                        raw.append((0, len(windows) - 1, 0, False, b"", 0, 0, None))
-                    continue
-                append((2, 0, e.size * e.count, e.is_out, e.data, regs.rip, regs.rcx, e.port))
-                if not e.is_out:
-                    vcpu.complete_io_in(e.data_offset, bytes(e.size * e.count))
-                continue
-            outcome = _terminal(machine, vcpu, e, timeout)
-    wall = _monotonic_ns() - t_start
+    limit = sys.maxsize if max_exits is None else max_exits
+    kvm_run, page = vcpu.run_handles()
+    unpack = MMIO_EXIT_REGS.unpack_from
+    unpack_at = MMIO_EXIT_REGS_OFFSET
+    mono = _monotonic_ns
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the loop allocates only acyclic tuples; collections would only cost time
+    t_start = mono()
+    try:
+        with vcpu.deadline(timeout):
+            while True:
+                t0 = mono()
+                e: object = None
+                try:
+                    kvm_run()
+                except OSError as err:
+                    if err.errno != errno.EINTR:
+                        raise ioctl_error(KvmIoctl.KVM_RUN, err, f"vcpu {vcpu.id}") from None
+                    vcpu.clear_immediate_exit()
+                    e = _INTR
+                t1 = mono()
+                if raw_stats is not None:
+                    per_run_stats.append(raw_stats())
+                if e is None:
+                    reason, gpa, data, length, is_write, rcx, rip = unpack(page, unpack_at)
+                    if reason == 6:  # KVM_EXIT_MMIO: the hot path
+                        if not is_write:
+                            # record the value the read completes with, not what kvm_run held
+                            data = read_cache.get(length)
+                            if data is None:
+                                data = read_cache[length] = payload.read_data(length)
+                            page[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
+                        record((t0, t1, 6, gpa, length, is_write, data, rip, rcx, None))
+                        if len(records) >= limit:
+                            outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
+                            break
+                        continue
+                    e = decode_exit(page)
+                    if type(e) is IoExit:
+                        if e.port == ucall_port and e.is_out and e.size == 1:
+                            outcome = _ucall(machine, vcpu, e.data[0], vcpu.synced_regs(), on_sync, prints, syncs)
+                            if outcome is None:
+                                # Everything the host did at the ucall belongs to no exit of the payload.
+                                record((t0, t1, 0, 0, 0, False, b"", 0, 0, None))
+                                continue
+                            record((t0, t1, -1, 0, 0, False, b"", 0, 0, None))
+                            break
+                        record((t0, t1, 2, 0, e.size * e.count, e.is_out, e.data, rip, rcx, e.port))
+                        if not e.is_out:
+                            vcpu.complete_io_in(e.data_offset, bytes(e.size * e.count))
+                        continue
+                record((t0, t1, -1, 0, 0, False, b"", 0, 0, None))
+                outcome = _terminal(machine, vcpu, e, timeout)
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    wall = mono() - t_start
 
-    # Raw entries and windows line up one to one, except ucall windows (reason 0 marks a
-    # resumed ucall; the final ucall or terminal exit has no entry).
+    windows = [(r[0], r[1]) for r in records]
     attribution = None
     trace_info = None
     if capture is not None:
@@ -426,27 +456,42 @@ def run_machine(
             mounted_here=bool(capture.tracefs and capture.tracefs.mounted_here),
             total=len(events), outside=attribution.outside, events=events,
         )
-    descs = stats.descriptors if stats_per_exit else ()
+    if attribution is not None:
+        bounds, window_events, event_ts = attribution.bounds, attribution.events, attribution.events.ts
+    # Stats that moved at all during the run: only they can have a nonzero delta per exit.
+    moving: list[tuple[str, int]] = []
+    if stats_per_exit:
+        columns = list(zip(*per_run_stats))
+        moving = [(d.name, d.offset // 8) for d in stats.descriptors
+                  if not d.is_histogram and min(columns[d.offset // 8]) != max(columns[d.offset // 8])]
+    # Exits at the same RIP decode alike: memory is read after the run either way, and
+    # instruction_for_exit() does not look at rcx.
+    decoded: dict[tuple[int, bool], tuple[int, str, str]] = {}
+    names = {6: exit_reason_name(6), 2: exit_reason_name(2)}
     exits = []
-    for run_index, (reason, gpa, length, is_write, data, rip, rcx, port) in enumerate(raw):
-        if reason == 0:
+    for run_index, (t0, t1, reason, gpa, length, is_write, data, rip, rcx, port) in enumerate(records):
+        if reason <= 0:
             continue
+        if reason == 6:
+            is_write = bool(is_write)
+            data = data[:length]
         lin = machine.linear(rip)
-        insn_rip, insn = machine.instruction_for_exit(lin, rcx, is_write if reason == 6 else True)
-        t0, t1 = windows[run_index]
-        rec = RecordedExit(
-            index=len(exits), reason=exit_reason_name(reason), gpa=gpa, len=length, is_write=is_write,
-            data=data, port=port, rip=lin, insn_rip=insn_rip, insn=insn, where=machine.where(insn_rip),
-            ns=t1 - t0, run_index=run_index,
-        )
+        key = (lin, is_write if reason == 6 else True)
+        d = decoded.get(key)
+        if d is None:
+            insn_rip, insn = machine.instruction_for_exit(lin, rcx, key[1])
+            d = decoded[key] = (insn_rip, insn, machine.where(insn_rip))
+        rec = RecordedExit(len(exits), names[reason], gpa, length, is_write, data, port, lin,
+                           d[0], d[1], d[2], t1 - t0, run_index)
         if attribution is not None:
-            rec.events = list(attribution.per_window[run_index])
-            if rec.events:
-                rec.kernel_ns = rec.events[-1].ts - rec.events[0].ts
+            # A column slice: the event objects are built only when someone looks at them.
+            i, j = bounds[run_index]
+            rec.events = window_events[i:j]
+            if j > i:
+                rec.kernel_ns = event_ts[j - 1] - event_ts[i]
         if stats_per_exit:
             a, b = per_run_stats[run_index], per_run_stats[run_index + 1]
-            rec.stats = {d.name: b[d.offset // 8] - a[d.offset // 8] for d in descs
-                         if not d.is_histogram and b[d.offset // 8] != a[d.offset // 8]}
+            rec.stats = {name: b[i] - a[i] for name, i in moving if b[i] != a[i]}
         exits.append(rec)
     return RunResult(
         image=image,

@@ -10,7 +10,7 @@ import signal
 import struct
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +20,7 @@ from hostkvm._uapi.constants import KvmExitReason
 from hostkvm._uapi.cpuid import kvm_cpuid2_with, kvm_cpuid_entry2
 from hostkvm._uapi.ioctls import KvmIoctl
 from hostkvm._uapi.structs import kvm_coalesced_mmio, kvm_fpu, kvm_regs, kvm_run, kvm_sregs
-from hostkvm.errors import HostKvmError, KvmIoctlError
+from hostkvm.errors import HostKvmError
 from hostkvm.exits import MMIO_DATA_OFFSET, Exit, IntrExit, decode_exit
 from hostkvm.stats import StatsFd
 
@@ -96,6 +96,7 @@ class Vcpu:
             os.close(fd)
             raise
         self._finalizer = weakref.finalize(self, _close_vcpu, fd, self._run)
+        self._kvm_run = _syscall.ioctl_noarg(fd, _KVM_RUN)
         self._stats: StatsFd | None = None
         self._thread_ident: int | None = None
         self._timed_out = False
@@ -169,13 +170,23 @@ class Vcpu:
     def run(self) -> Exit:
         """``KVM_RUN`` once; return the decoded exit (:class:`IntrExit` on ``-EINTR``)."""
         try:
-            _ioctl(self.fd, _KVM_RUN, 0, f"vcpu {self.id}")
-        except KvmIoctlError as e:
+            self._kvm_run()
+        except OSError as e:
             if e.errno == errno.EINTR:
                 self._run[_IMMEDIATE_EXIT_OFF] = 0
                 return _INTR
-            raise
+            raise _syscall.ioctl_error(_KVM_RUN, e, f"vcpu {self.id}") from None
         return decode_exit(self._run)
+
+    def run_handles(self) -> tuple[Callable[[], int], mmap.mmap]:
+        """``(kvm_run, page)`` for a hot run loop: *kvm_run* issues one ``KVM_RUN`` (it
+        raises a plain ``OSError``; ``EINTR`` means a kick, see :meth:`clear_immediate_exit`)
+        and *page* is the shared ``kvm_run`` page to decode the exit from."""
+        return self._kvm_run, self._run
+
+    def clear_immediate_exit(self) -> None:
+        """Reset ``kvm_run.immediate_exit`` after a kick (what :meth:`run` does on ``EINTR``)."""
+        self._run[_IMMEDIATE_EXIT_OFF] = 0
 
     def set_sync_regs(self, valid: int) -> None:
         """Ask KVM to store the registers named by *valid* (``KVM_SYNC_X86_*``) in
