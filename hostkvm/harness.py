@@ -12,14 +12,18 @@ recorded as plain tuples, and decoding instructions for reports happens afterwar
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
+import os
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hostkvm import _native
 from hostkvm._syscall import ioctl_error
 from hostkvm._uapi.constants import KVM_SYNC_X86_REGS, KvmCap, KvmMemFlag
 from hostkvm._uapi.ioctls import KvmIoctl
@@ -391,59 +395,99 @@ def run_machine(
     unpack = MMIO_EXIT_REGS.unpack_from
     unpack_at = MMIO_EXIT_REGS_OFFSET
     mono = _monotonic_ns
+    native = None if stats_per_exit else _native.load()
+    mmio_count = 0
+
+    def other_exit(e: object, t0: int, t1: int) -> Outcome | None:
+        """Everything but an MMIO exit: ucalls, the payload's port I/O, the end of the run."""
+        if type(e) is IoExit:
+            if e.port == ucall_port and e.is_out and e.size == 1:
+                o = _ucall(machine, vcpu, e.data[0], vcpu.synced_regs(), on_sync, prints, syncs)
+                # A resumed ucall's round trip belongs to no exit of the payload (0); the
+                # last one ends the run (-1).
+                record((t0, t1, 0 if o is None else -1, 0, 0, False, b"", 0, 0, None))
+                return o
+            regs = vcpu.synced_regs()
+            record((t0, t1, 2, 0, e.size * e.count, e.is_out, e.data, regs.rip, regs.rcx, e.port))
+            if not e.is_out:
+                vcpu.complete_io_in(e.data_offset, bytes(e.size * e.count))
+            return None
+        record((t0, t1, -1, 0, 0, False, b"", 0, 0, None))
+        return _terminal(machine, vcpu, e, timeout)
+
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the loop allocates only acyclic tuples; collections would only cost time
     t_start = mono()
     try:
         with vcpu.deadline(timeout):
-            while True:
-                t0 = mono()
-                e: object = None
-                try:
-                    kvm_run()
-                except OSError as err:
-                    if err.errno != errno.EINTR:
-                        raise ioctl_error(KvmIoctl.KVM_RUN, err, f"vcpu {vcpu.id}") from None
-                    vcpu.clear_immediate_exit()
-                    e = _INTR
-                t1 = mono()
-                if raw_stats is not None:
-                    per_run_stats.append(raw_stats())
-                if e is None:
-                    reason, gpa, data, length, is_write, rcx, rip = unpack(page, unpack_at)
-                    if reason == 6:  # KVM_EXIT_MMIO: the hot path
-                        if not is_write:
-                            # record the value the read completes with, not what kvm_run held
-                            data = read_cache.get(length)
-                            if data is None:
-                                data = read_cache[length] = payload.read_data(length)
-                            page[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
-                        record((t0, t1, 6, gpa, length, is_write, data, rip, rcx, None))
-                        if len(records) >= limit:
+            if native is not None:
+                # MMIO exits in C (hostkvm/_native/runloop.c), the rest here.
+                batch = (_native.HkRec * NATIVE_BATCH)()
+                batch_at = ctypes.addressof(batch)
+                last = (ctypes.c_uint64 * 2)()
+                err = ctypes.c_int()
+                read8 = (ctypes.c_uint8 * 8).from_buffer_copy(payload.read_data(8))
+                run_mmio, fd, run_at = native.hk_run_mmio, vcpu.fd, vcpu.run_page_address()
+                args = (ctypes.addressof(read8), batch_at)
+                last_at, err_ref = ctypes.addressof(last), ctypes.byref(err)
+                while outcome is None:
+                    n = run_mmio(fd, run_at, args[0], args[1], min(NATIVE_BATCH, limit - mmio_count),
+                                 last_at, err_ref)
+                    if n:
+                        record((_NATIVE, ctypes.string_at(batch_at, n * _native.REC_SIZE)))
+                        mmio_count += n
+                    if last[0] == 0:  # the batch (or max_exits) is full, not a non-MMIO exit
+                        if mmio_count >= limit:
                             outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
-                            break
                         continue
-                    e = decode_exit(page)
-                    if type(e) is IoExit:
-                        if e.port == ucall_port and e.is_out and e.size == 1:
-                            outcome = _ucall(machine, vcpu, e.data[0], vcpu.synced_regs(), on_sync, prints, syncs)
-                            if outcome is None:
-                                # Everything the host did at the ucall belongs to no exit of the payload.
-                                record((t0, t1, 0, 0, 0, False, b"", 0, 0, None))
-                                continue
-                            record((t0, t1, -1, 0, 0, False, b"", 0, 0, None))
-                            break
-                        record((t0, t1, 2, 0, e.size * e.count, e.is_out, e.data, rip, rcx, e.port))
-                        if not e.is_out:
-                            vcpu.complete_io_in(e.data_offset, bytes(e.size * e.count))
-                        continue
-                record((t0, t1, -1, 0, 0, False, b"", 0, 0, None))
-                outcome = _terminal(machine, vcpu, e, timeout)
-                break
+                    if err.value == errno.EINTR:
+                        vcpu.clear_immediate_exit()
+                        e: object = _INTR
+                    elif err.value:
+                        raise ioctl_error(KvmIoctl.KVM_RUN, OSError(err.value, os.strerror(err.value)),
+                                          f"vcpu {vcpu.id}")
+                    else:
+                        e = decode_exit(page)
+                    outcome = other_exit(e, last[0], last[1])
+            else:
+                while True:
+                    t0 = mono()
+                    e = None
+                    try:
+                        kvm_run()
+                    except OSError as error:
+                        if error.errno != errno.EINTR:
+                            raise ioctl_error(KvmIoctl.KVM_RUN, error, f"vcpu {vcpu.id}") from None
+                        vcpu.clear_immediate_exit()
+                        e = _INTR
+                    t1 = mono()
+                    if raw_stats is not None:
+                        per_run_stats.append(raw_stats())
+                    if e is None:
+                        reason, gpa, data, length, is_write, rcx, rip = unpack(page, unpack_at)
+                        if reason == 6:  # KVM_EXIT_MMIO: the hot path
+                            if not is_write:
+                                # record the value the read completes with, not what kvm_run held
+                                data = read_cache.get(length)
+                                if data is None:
+                                    data = read_cache[length] = payload.read_data(length)
+                                page[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
+                            record((t0, t1, 6, gpa, length, is_write, data, rip, rcx, None))
+                            mmio_count += 1
+                            if mmio_count >= limit:
+                                outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
+                                break
+                            continue
+                        e = decode_exit(page)
+                    outcome = other_exit(e, t0, t1)
+                    if outcome is not None:
+                        break
     finally:
         if gc_was_enabled:
             gc.enable()
     wall = mono() - t_start
+    if native is not None:
+        records = _expand_native(records)
 
     windows = [(r[0], r[1]) for r in records]
     attribution = None
@@ -506,6 +550,24 @@ def run_machine(
         windows=windows,
         trace=trace_info,
     )
+
+
+# MMIO exits per call of the native loop (56 bytes each).
+NATIVE_BATCH = 16384
+_NATIVE = "native"  # marks a batch of native MMIO records among the loop's records
+
+
+def _expand_native(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Turn each batch of native ``hk_rec`` records into the loop's record tuples, in order."""
+    out: list[tuple[Any, ...]] = []
+    add = out.append
+    for r in records:
+        if r[0] is _NATIVE:
+            for t0, t1, gpa, data, rip, rcx, length, is_write in struct.iter_unpack(_native.REC_FORMAT, r[1]):
+                add((t0, t1, 6, gpa, length, is_write, data, rip, rcx, None))
+        else:
+            add(r)
+    return out
 
 
 def _ucall(machine: Machine, vcpu: Vcpu, number: int, regs: kvm_regs, on_sync: SyncHandler | None,

@@ -96,6 +96,10 @@ class Vcpu:
             os.close(fd)
             raise
         self._finalizer = weakref.finalize(self, _close_vcpu, fd, self._run)
+        # A from_buffer view pins the mapping; take the address and drop the view at once.
+        view = ctypes.c_char.from_buffer(self._run)
+        self._run_addr = ctypes.addressof(view)
+        del view
         self._kvm_run = _syscall.ioctl_noarg(fd, _KVM_RUN)
         self._stats: StatsFd | None = None
         self._thread_ident: int | None = None
@@ -183,6 +187,10 @@ class Vcpu:
         raises a plain ``OSError``; ``EINTR`` means a kick, see :meth:`clear_immediate_exit`)
         and *page* is the shared ``kvm_run`` page to decode the exit from."""
         return self._kvm_run, self._run
+
+    def run_page_address(self) -> int:
+        """Host address of the ``kvm_run`` page, for the native run loop (valid until close)."""
+        return self._run_addr
 
     def clear_immediate_exit(self) -> None:
         """Reset ``kvm_run.immediate_exit`` after a kick (what :meth:`run` does on ``EINTR``)."""

@@ -12,7 +12,6 @@ The rule: a ``bench_`` payload at CPL3 is skipped (> 5 s) unless
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,6 @@ pytestmark = pytest.mark.kvm
 
 PAYLOAD_DIR = Path(__file__).resolve().parents[2] / "payloads"
 PAYLOADS = sorted(PAYLOAD_DIR.glob("*.S"))
-BENCH_PREFIX = "bench_"
-RUN_BENCH = os.environ.get("HOSTKVM_BENCH_PAYLOADS") == "1"
 
 
 def check_run(payload: Payload, result: RunResult) -> list[str]:
@@ -65,8 +62,6 @@ def test_library_is_complete() -> None:
 @pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: p.name)
 def test_payload(path: Path) -> None:
     payload = parse_payload(path)
-    if path.name.startswith(BENCH_PREFIX) and payload.cpl == 3 and not RUN_BENCH:
-        pytest.skip("CPL3 benchmark payload (about 15 s here); set HOSTKVM_BENCH_PAYLOADS=1")
     result = run_payload(payload)
     problems = check_run(payload, result)
     assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
