@@ -286,11 +286,13 @@ class _Progress:
             print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
-def _run_ours(kvm: Any, image: Any, exits: int, *, observe: bool = False) -> tuple[float, float, dict[str, int]]:
+def _run_ours(kvm: Any, image: Any, exits: int, *, observe: bool = False,
+              stats_per_exit: bool = False) -> tuple[float, float, dict[str, int]]:
     """One harness run of *image*: ``(loop seconds, call seconds, info)``: the run loop's
     own time (``RunResult.wall_ns``, like the C loop's ``loop_ns``) and the whole
-    ``run_machine`` call, with *observe* also the trace capture, per-exit stats and the
-    timing summaries."""
+    ``run_machine`` call, with *observe* also the trace capture and the timing summaries
+    (what ``hostkvm run --trace --timing`` adds; the run's stats delta is taken either way),
+    and with *stats_per_exit* a stats ``pread`` per round trip."""
     from hostkvm.harness import TRACE_BUFFER_KB, Machine, run_machine
     from hostkvm.trace import LostEventsError, TraceCapture
 
@@ -308,7 +310,7 @@ def _run_ours(kvm: Any, image: Any, exits: int, *, observe: bool = False) -> tup
             capture.start()
             try:
                 try:
-                    r = run_machine(m, capture=capture, stats_per_exit=True)
+                    r = run_machine(m, capture=capture, stats_per_exit=stats_per_exit)
                 except LostEventsError:
                     lost = capture.lost_events()
                     raise BenchError(f"trace lost events: {lost}") from None
@@ -323,10 +325,17 @@ def _run_ours(kvm: Any, image: Any, exits: int, *, observe: bool = False) -> tup
             info["events"] = r.trace.total
             info["missing_delimiters"] = r.runs - delims
             info["exits_with_stats"] = sum(1 for e in r.exits if e.stats)
+    info["native"] = int(_native_loop_used(stats_per_exit))
     if r.outcome.kind != "done" or len(r.exits) != exits:
         raise BenchError(f"{image.payload.name}: the harness run ended {r.outcome.describe()} after "
                          f"{len(r.exits)} exits (expected done after {exits})")
     return r.wall_ns / 1e9, seconds, info
+
+
+def _native_loop_used(stats_per_exit: bool) -> bool:
+    from hostkvm import _native
+
+    return not stats_per_exit and _native.load() is not None
 
 
 def _interleaved(reps: int, ours: Callable[[], float], ref: Callable[[], float]) -> tuple[Summary, Summary, Summary]:
@@ -380,7 +389,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
             # 2. observation overhead
             infos: list[dict[str, int]] = []
             for cpl in (0, 3):
-                progress(f"observation overhead at CPL{cpl}: trace + stats + timing on vs off")
+                progress(f"observation overhead at CPL{cpl}: trace + timing on vs off")
 
                 def on(cpl: int = cpl) -> float:
                     _, s, info = _run_ours(kvm, images[cpl], cfg.exits, observe=True)
@@ -393,7 +402,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
                 o, r, q = _interleaved(cfg.reps, on, off)
                 lost = sum(i["lost"] for i in infos)
                 missing = sum(i["missing_delimiters"] for i in infos)
-                fig = Figure(f"observation overhead, CPL{cpl} (trace + per-exit stats + timing on vs off)",
+                fig = Figure(f"observation overhead, CPL{cpl} (trace + timing on vs off; run stats delta in both)",
                              "us/exit", "<=", 1.3, o, r, q,
                              note=f"lost events {lost}, round trips without kvm_userspace_exit {missing}",
                              extra={"lost_events": lost, "missing_round_trips": missing,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from hostkvm.harness import RecordedExit, RunResult
@@ -26,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --timing, draw the latency histograms (needs matplotlib)")
 
 
-def format_exit(e: RecordedExit) -> str:
+def format_exit(e: RecordedExit, _tails: dict[tuple[int, str, str], str] | None = None) -> str:
+    """One line for an exit (and, when traced or with per-exit stats, its events and stats).
+    *_tails* caches the part that repeats for every exit of one instruction."""
     if e.reason == "KVM_EXIT_MMIO":
         what = (f"{'write' if e.is_write else 'read '} gpa {e.gpa:#x} len {e.len} "
                 f"data {e.data.hex() if e.is_write else '-'}")
@@ -34,9 +37,16 @@ def format_exit(e: RecordedExit) -> str:
         what = f"{'out' if e.is_write else 'in '} port {e.port:#x} len {e.len} data {e.data.hex() or '-'}"
     else:
         what = ""
-    line = f"#{e.index:<4} {e.reason:<14} {what}  rip {e.insn_rip:#x}  {e.insn}"
-    if e.where:
-        line += f"  [{e.where.split(':')[0].rsplit('/', 1)[-1]}:{e.where.split(':')[1]}]"
+    key = (e.insn_rip, e.insn, e.where)
+    tail = None if _tails is None else _tails.get(key)
+    if tail is None:
+        tail = f"  rip {e.insn_rip:#x}  {e.insn}"
+        if e.where:
+            file, line = e.where.split(":")[:2]
+            tail += f"  [{file.rsplit('/', 1)[-1]}:{line}]"
+        if _tails is not None:
+            _tails[key] = tail
+    line = f"#{e.index:<4} {e.reason:<14} {what}{tail}"
     if e.events:
         line += "\n        events: " + " ".join(ev.name for ev in e.events)
     if e.stats:
@@ -117,8 +127,9 @@ def main(args: argparse.Namespace) -> int:
               f"(mmio_caching {'on' if host['mmio_caching'] else 'off'})")
         for text in r.prints:
             print(f"guest: {text}")
-        for e in r.exits:
-            print(format_exit(e))
+        tails: dict[tuple[int, str, str], str] = {}
+        if r.exits:
+            sys.stdout.write("\n".join(format_exit(e, tails) for e in r.exits) + "\n")
         print(f"outcome: {r.outcome.describe()}")
         stats = ", ".join(f"{k} +{v}" for k, v in sorted(r.vcpu_stats.items())) or "(none)"
         print(f"vcpu stats: {stats}")

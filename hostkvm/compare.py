@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hostkvm import timing as timing_mod
-from hostkvm.errors import HostKvmError, TraceError
+from hostkvm.errors import HostKvmError
 from hostkvm.mirror import (
     KVM_PAGE_FAULT_ERROR_CODE_MASK,
     MIRROR_EVENTS,
@@ -357,10 +357,10 @@ class HostRun:
 
 def run_on_host(s: Scenario, kvm: Any, *, trace: bool = True) -> HostRun:
     from hostkvm.guest import build_guest
-    from hostkvm.harness import Machine, run_machine
+    from hostkvm.harness import Machine, run_machine, start_capture
     from hostkvm.payload import parse_payload_text
     from hostkvm.system import X86_FEATURE_GBPAGES
-    from hostkvm.trace import DEFAULT_EVENTS, PAGETABLE_WALK_EVENTS, TraceCapture
+    from hostkvm.trace import DEFAULT_EVENTS, PAGETABLE_WALK_EVENTS
 
     payload = parse_payload_text(s.payload_text(), path=f"<scenario {s.name}>")
     image = build_guest(payload, cpu_has_pdpe1gb=kvm.cpuid_has(X86_FEATURE_GBPAGES))
@@ -380,14 +380,7 @@ def run_on_host(s: Scenario, kvm: Any, *, trace: bool = True) -> HostRun:
         return None
 
     with Machine(image, kvm=kvm) as machine:
-        capture = None
-        if trace:
-            capture = TraceCapture(DEFAULT_EVENTS + PAGETABLE_WALK_EVENTS, buffer_size_kb=8192)
-            try:
-                capture.start()
-            except TraceError as e:
-                missing.append(f"events: {e}")
-                capture = None
+        capture = start_capture(DEFAULT_EVENTS + PAGETABLE_WALK_EVENTS, missing) if trace else None
         try:
             result = run_machine(machine, on_sync=on_sync, capture=capture)
         finally:
@@ -543,7 +536,7 @@ def compare_scenario(s: Scenario, kvm: Any, probe: dict[str, Any], cfg: HostConf
     if r.trace is not None and r.trace.events is not None:
         res.events_compared, res.events_matched = compare_events(
             r.trace.events, mirror.events, cfg, mirror.round_trips, divs)
-    elif not any(m.startswith("events") for m in res.missing):
+    elif not any(m.startswith("trace") for m in res.missing):
         res.missing.append("events: not traced")
 
     # what the host's mmio-spte fast path did, measured part only

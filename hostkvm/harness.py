@@ -54,7 +54,7 @@ from hostkvm.guest import (
 from hostkvm.payload import Payload
 from hostkvm.stats import stats_delta
 from hostkvm.system import X86_FEATURE_GBPAGES, Kvm
-from hostkvm.trace import TraceCapture, attribute_to_windows
+from hostkvm.trace import DEFAULT_EVENTS, TraceCapture, attribute_to_windows
 from hostkvm.vcpu import Vcpu
 from hostkvm.vm import Vm
 from hostkvm.x86.state import KVM_REGS_FIELDS, KVM_SREGS_DTABLES, KVM_SREGS_SCALARS, KVM_SREGS_SEGMENTS
@@ -639,14 +639,7 @@ def run_payload(payload: Payload, *, kvm: Kvm | None = None, timeout: float | No
         image = build_guest(payload, cpu_has_pdpe1gb=kvm.cpuid_has(X86_FEATURE_GBPAGES))
         with Machine(image, kvm=kvm) as machine:
             missing: list[str] = []
-            capture = None
-            if trace:
-                capture = TraceCapture(buffer_size_kb=TRACE_BUFFER_KB)
-                try:
-                    capture.start()
-                except TraceError as e:
-                    missing.append(f"trace: {e}")
-                    capture = None
+            capture = start_capture(DEFAULT_EVENTS, missing) if trace else None
             try:
                 result = run_machine(machine, timeout=timeout, on_sync=on_sync, capture=capture,
                                      stats_per_exit=stats_per_exit)
@@ -662,6 +655,18 @@ def run_payload(payload: Payload, *, kvm: Kvm | None = None, timeout: float | No
 
 # Per-CPU ring buffer of a run's capture; the capture also drains it in the background.
 TRACE_BUFFER_KB = 8192
+
+
+def start_capture(events: Sequence[str], missing: list[str]) -> TraceCapture | None:
+    """A started capture of *events* for this thread, or None with the reason appended to
+    *missing* when tracing cannot be used here (not root, no tracefs): the run goes on."""
+    capture = TraceCapture(events, buffer_size_kb=TRACE_BUFFER_KB)
+    try:
+        capture.start()
+    except TraceError as e:
+        missing.append(f"trace: {e}")
+        return None
+    return capture
 
 
 __all__ = ["KvmCap", "Machine", "Outcome", "RecordedExit", "RunResult", "run_machine", "run_payload"]
