@@ -56,7 +56,6 @@ from hostkvm.asm import Assembled, Statement, assemble
 from hostkvm.errors import GuestSetupError, PayloadError
 from hostkvm.payload import HARNESS_GPA, HARNESS_SIZE, Payload
 from hostkvm.x86.constants import (
-    EXCEPTIONS_WITH_ERROR_CODE,
     GATE_INTERRUPT,
     NR_EXCEPTION_VECTORS,
     PUD_SIZE,

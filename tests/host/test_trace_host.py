@@ -22,7 +22,6 @@ import pytest
 from hostkvm import trace as T
 from hostkvm.errors import TraceError
 from hostkvm.trace import (
-    DEFAULT_EVENTS,
     LostEventsError,
     TraceCapture,
     attribute_to_windows,

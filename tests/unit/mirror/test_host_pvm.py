@@ -28,7 +28,7 @@ def vm() -> MirrorVm:
 
 
 def test_cpl3_mmio_write_ground_behaviour(vm: MirrorVm) -> None:
-    for i in range(3):  # the same every time: nothing is cached in SPTEs
+    for _ in range(3):  # the same every time: nothing is cached in SPTEs
         p = vm.access(0, MMIO, MMIO, 4, "w", 3, b"\x11\x22\x33\x44")
         assert p.path is Path.NOSLOT_NO_INSTALL
         assert p.stats == {"pf_taken": 1, "pf_emulate": 1, "mmio_exits": 1}
