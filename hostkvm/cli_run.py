@@ -27,26 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --timing, draw the latency histograms (needs matplotlib)")
 
 
-def format_exit(e: RecordedExit, _tails: dict[tuple[int, str, str], str] | None = None) -> str:
+def format_exit(e: RecordedExit, _cache: dict[tuple[Any, ...], str] | None = None) -> str:
     """One line for an exit (and, when traced or with per-exit stats, its events and stats).
-    *_tails* caches the part that repeats for every exit of one instruction."""
-    if e.reason == "KVM_EXIT_MMIO":
-        what = (f"{'write' if e.is_write else 'read '} gpa {e.gpa:#x} len {e.len} "
-                f"data {e.data.hex() if e.is_write else '-'}")
-    elif e.reason == "KVM_EXIT_IO":
-        what = f"{'out' if e.is_write else 'in '} port {e.port:#x} len {e.len} data {e.data.hex() or '-'}"
-    else:
-        what = ""
-    key = (e.insn_rip, e.insn, e.where)
-    tail = None if _tails is None else _tails.get(key)
-    if tail is None:
-        tail = f"  rip {e.insn_rip:#x}  {e.insn}"
+    *_cache* keeps the text of exits that repeat (same access by the same instruction)."""
+    key = (e.reason, e.gpa, e.len, e.is_write, e.data, e.port, e.insn_rip, e.insn, e.where)
+    body = None if _cache is None else _cache.get(key)
+    if body is None:
+        if e.reason == "KVM_EXIT_MMIO":
+            what = (f"{'write' if e.is_write else 'read '} gpa {e.gpa:#x} len {e.len} "
+                    f"data {e.data.hex() if e.is_write else '-'}")
+        elif e.reason == "KVM_EXIT_IO":
+            what = f"{'out' if e.is_write else 'in '} port {e.port:#x} len {e.len} data {e.data.hex() or '-'}"
+        else:
+            what = ""
+        body = f"{e.reason:<14} {what}  rip {e.insn_rip:#x}  {e.insn}"
         if e.where:
             file, line = e.where.split(":")[:2]
-            tail += f"  [{file.rsplit('/', 1)[-1]}:{line}]"
-        if _tails is not None:
-            _tails[key] = tail
-    line = f"#{e.index:<4} {e.reason:<14} {what}{tail}"
+            body += f"  [{file.rsplit('/', 1)[-1]}:{line}]"
+        if _cache is not None:
+            _cache[key] = body
+    line = f"#{e.index:<4} {body}"
     if e.events:
         line += "\n        events: " + " ".join(ev.name for ev in e.events)
     if e.stats:
@@ -127,9 +127,9 @@ def main(args: argparse.Namespace) -> int:
               f"(mmio_caching {'on' if host['mmio_caching'] else 'off'})")
         for text in r.prints:
             print(f"guest: {text}")
-        tails: dict[tuple[int, str, str], str] = {}
+        cache: dict[tuple[Any, ...], str] = {}
         if r.exits:
-            sys.stdout.write("\n".join(format_exit(e, tails) for e in r.exits) + "\n")
+            sys.stdout.write("\n".join(format_exit(e, cache) for e in r.exits) + "\n")
         print(f"outcome: {r.outcome.describe()}")
         stats = ", ".join(f"{k} +{v}" for k, v in sorted(r.vcpu_stats.items())) or "(none)"
         print(f"vcpu stats: {stats}")

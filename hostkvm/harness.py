@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostkvm import _native
 from hostkvm._syscall import ioctl_error
@@ -54,7 +54,8 @@ from hostkvm.guest import (
 from hostkvm.payload import Payload
 from hostkvm.stats import stats_delta
 from hostkvm.system import X86_FEATURE_GBPAGES, Kvm
-from hostkvm.trace import DEFAULT_EVENTS, TraceCapture, attribute_to_windows
+if TYPE_CHECKING:
+    from hostkvm.trace import TraceCapture
 from hostkvm.vcpu import Vcpu
 from hostkvm.vm import Vm
 from hostkvm.x86.state import KVM_REGS_FIELDS, KVM_SREGS_DTABLES, KVM_SREGS_SCALARS, KVM_SREGS_SEGMENTS
@@ -493,6 +494,8 @@ def run_machine(
     attribution = None
     trace_info = None
     if capture is not None:
+        from hostkvm.trace import attribute_to_windows
+
         events = capture.collect()
         attribution = attribute_to_windows(events, windows, pid=capture.pids[0])
         trace_info = TraceInfo(
@@ -511,6 +514,7 @@ def run_machine(
     # Exits at the same RIP decode alike: memory is read after the run either way, and
     # instruction_for_exit() does not look at rcx.
     decoded: dict[tuple[int, bool], tuple[int, str, str]] = {}
+    cs_base = machine.linear(0)  # real16: RIP is an offset in CS
     names = {6: exit_reason_name(6), 2: exit_reason_name(2)}
     exits = []
     for run_index, (t0, t1, reason, gpa, length, is_write, data, rip, rcx, port) in enumerate(records):
@@ -519,7 +523,7 @@ def run_machine(
         if reason == 6:
             is_write = bool(is_write)
             data = data[:length]
-        lin = machine.linear(rip)
+        lin = rip + cs_base
         key = (lin, is_write if reason == 6 else True)
         d = decoded.get(key)
         if d is None:
@@ -639,7 +643,7 @@ def run_payload(payload: Payload, *, kvm: Kvm | None = None, timeout: float | No
         image = build_guest(payload, cpu_has_pdpe1gb=kvm.cpuid_has(X86_FEATURE_GBPAGES))
         with Machine(image, kvm=kvm) as machine:
             missing: list[str] = []
-            capture = start_capture(DEFAULT_EVENTS, missing) if trace else None
+            capture = start_capture(None, missing) if trace else None
             try:
                 result = run_machine(machine, timeout=timeout, on_sync=on_sync, capture=capture,
                                      stats_per_exit=stats_per_exit)
@@ -657,11 +661,18 @@ def run_payload(payload: Payload, *, kvm: Kvm | None = None, timeout: float | No
 TRACE_BUFFER_KB = 8192
 
 
-def start_capture(events: Sequence[str], missing: list[str]) -> TraceCapture | None:
-    """A started capture of *events* for this thread, or None with the reason appended to
-    *missing* when tracing cannot be used here (not root, no tracefs): the run goes on."""
-    capture = TraceCapture(events, buffer_size_kb=TRACE_BUFFER_KB)
+def start_capture(events: Sequence[str] | None, missing: list[str]) -> TraceCapture | None:
+    """A started capture of *events* (default: ``hostkvm.trace.DEFAULT_EVENTS``) for this
+    thread, or None with the reason appended to *missing* when tracing cannot be used here
+    (not root, no tracefs): the run goes on. Instances that killed runs left behind are
+    removed first."""
+    from hostkvm.trace import DEFAULT_EVENTS, TraceCapture, find_tracefs, remove_stale_instances
+
     try:
+        tracefs = find_tracefs()
+        remove_stale_instances(tracefs)
+        capture = TraceCapture(DEFAULT_EVENTS if events is None else events,
+                               buffer_size_kb=TRACE_BUFFER_KB, tracefs=tracefs)
         capture.start()
     except TraceError as e:
         missing.append(f"trace: {e}")
