@@ -7,8 +7,9 @@ between repetitions), so that a noisy, shared host slows both alike:
 1. **exit round trip**: :func:`hostkvm.harness.run_machine` (as ``hostkvm run`` uses it,
    no trace) against a minimal C ``KVM_RUN`` loop (``scripts/kvm_run_loop.c``, compiled
    with ``gcc`` here) on the same 100,000-exit MMIO payload, at CPL0 and at CPL3;
-2. **observation overhead**: the same run with trace, per-exit stats and timing
-   summaries on, against off; lost events are counted;
+2. **observation overhead**: the same run with the trace capture and the timing
+   summaries on (what ``hostkvm run --trace --timing`` adds), against off; the run's
+   stats delta is read on both sides; lost events are counted;
 3. **mirror throughput** (and, from ``hostkvm compare``, the share of its time spent in
    the mirror and the comparison);
 4. **VM setup**: ``Machine(image)`` + ``close()``;
