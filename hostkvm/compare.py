@@ -289,6 +289,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
     for gva in HARNESS_PAGES:
         access(gva, gva, 1, "r", None)
     base_stats = dict(vm.vcpus[0].stat)
+    vm_base_stats = dict(vm.stat)
     remapped: dict[int, int] = {}  # gva page -> gpa page after the guest's kernel_remap
     unsync_tables: set[int] = set()
     exits: list[Any] = []
@@ -296,11 +297,8 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
     exit_reasoning: list[str] = []
     events: list[MirrorEvent] = []
     trips: list[_RoundTrip] = []
-    vstats: dict[str, int] = {}
-    vmstats: dict[str, int] = {}
     paths: dict[str, int] = {}
     read_bytes = s.read_value.to_bytes(8, "little")
-    pte_before = {k: vm.stat.get(k, 0) for k in VM_STATS_MODELLED}  # after the harness's memslots
     sync_i = 0
     for step in s.mirror_steps():
         if isinstance(step, Access):
@@ -335,7 +333,7 @@ def replay_on_mirror(s: Scenario, cfg: HostConfig, image: Any,
             events.append(MirrorEvent(KERNEL_SERVICE_MARK, {}))
     events.append(_ucall_exit())
     trips.append(_RoundTrip("done", "done"))
-    vmstats = {k: vm.stat.get(k, 0) - pte_before.get(k, 0) for k in VM_STATS_MODELLED}
+    vmstats = {k: vm.stat.get(k, 0) - vm_base_stats.get(k, 0) for k in VM_STATS_MODELLED}
     vstats = {k: v - base_stats.get(k, 0) for k, v in vm.vcpus[0].stat.items() if v != base_stats.get(k, 0)}
     return MirrorRun(exits, exit_paths, exit_reasoning, events, trips, vstats, vmstats, paths)
 
