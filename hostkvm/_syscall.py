@@ -13,7 +13,7 @@ import fcntl
 import functools
 from collections.abc import Callable
 
-from hostkvm._uapi.ioctls import IOCTL_ARG_TYPE, KvmIoctl
+from hostkvm._uapi.ioctls import KvmIoctl
 from hostkvm.errors import KvmIoctlError
 
 _IOC_SIZESHIFT = 16
@@ -71,7 +71,3 @@ def ioctl_noarg(fd: int, request: KvmIoctl) -> Callable[[], int]:
     """
     return functools.partial(fcntl.ioctl, fd, int(request))
 
-
-def expected_arg_type(request: KvmIoctl) -> type[ctypes.Structure] | None:
-    """The ctypes type the kernel expects for *request* (``None``: an integer)."""
-    return IOCTL_ARG_TYPE[request]

@@ -318,14 +318,14 @@ class Machine:
         entry = self.image.line_for_gpa(gpa) if gpa is not None else None
         return f"{entry.where}: {entry.text.strip()}" if entry is not None and entry.line is not None else ""
 
-    def instruction_for_exit(self, rip: int, rcx: int, is_write: bool) -> tuple[int, str]:
+    def instruction_for_exit(self, rip: int, is_write: bool) -> tuple[int, str]:
         """The start and text of the instruction behind an MMIO exit.
 
         KVM's emulator retires an MMIO write before the exit (``x86.c:x86_emulate_instruction()``
         writes back RIP unless a read is pending), so RIP points past the instruction; a
         read leaves RIP on it. A ``rep`` string instruction is restarted between
         iterations, so RIP stays on it: an exit whose RIP is on a ``rep`` string
-        instruction is attributed to it (*rcx* is kept for callers that know better).
+        instruction is attributed to it.
         """
         text, _ = self.decode_at(rip)
         if not is_write or text.startswith("rep"):
@@ -511,13 +511,12 @@ def run_machine(
         columns = list(zip(*per_run_stats))
         moving = [(d.name, d.offset // 8) for d in stats.descriptors
                   if not d.is_histogram and min(columns[d.offset // 8]) != max(columns[d.offset // 8])]
-    # Exits at the same RIP decode alike: memory is read after the run either way, and
-    # instruction_for_exit() does not look at rcx.
+    # Exits at the same RIP decode alike: memory is read after the run either way.
     decoded: dict[tuple[int, bool], tuple[int, str, str]] = {}
     cs_base = machine.linear(0)  # real16: RIP is an offset in CS
     names = {6: exit_reason_name(6), 2: exit_reason_name(2)}
     exits = []
-    for run_index, (t0, t1, reason, gpa, length, is_write, data, rip, rcx, port) in enumerate(records):
+    for run_index, (t0, t1, reason, gpa, length, is_write, data, rip, _rcx, port) in enumerate(records):
         if reason <= 0:
             continue
         if reason == 6:
@@ -527,7 +526,7 @@ def run_machine(
         key = (lin, is_write if reason == 6 else True)
         d = decoded.get(key)
         if d is None:
-            insn_rip, insn = machine.instruction_for_exit(lin, rcx, key[1])
+            insn_rip, insn = machine.instruction_for_exit(lin, key[1])
             d = decoded[key] = (insn_rip, insn, machine.where(insn_rip))
         rec = RecordedExit(len(exits), names[reason], gpa, length, is_write, data, port, lin,
                            d[0], d[1], d[2], t1 - t0, run_index)

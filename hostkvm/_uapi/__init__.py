@@ -5,6 +5,6 @@ Nothing outside this package declares ``_fields_`` for a kernel structure.
 
 from hostkvm._uapi.constants import *  # noqa: F403
 from hostkvm._uapi.cpuid import *  # noqa: F403
-from hostkvm._uapi.ioctls import IOCTL_ARG_TYPE as IOCTL_ARG_TYPE, KvmIoctl as KvmIoctl
+from hostkvm._uapi.ioctls import KvmIoctl as KvmIoctl
 from hostkvm._uapi.structs import *  # noqa: F403
 

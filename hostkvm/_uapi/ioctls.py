@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import enum
 
 from ioctl_opt import IO, IOR, IOW, IOWR
@@ -52,31 +51,3 @@ class KvmIoctl(enum.IntEnum):
     KVM_SET_FPU = IOW(KVMIO, 0x8D, kvm_fpu)
     KVM_SET_CPUID2 = IOW(KVMIO, 0x90, kvm_cpuid2)
 
-
-# The argument type each request carries (None: an integer argument), for the size check
-# in hostkvm._syscall.
-IOCTL_ARG_TYPE: dict[KvmIoctl, type[ctypes.Structure] | None] = {
-    KvmIoctl.KVM_GET_API_VERSION: None,
-    KvmIoctl.KVM_CREATE_VM: None,
-    KvmIoctl.KVM_CHECK_EXTENSION: None,
-    KvmIoctl.KVM_GET_VCPU_MMAP_SIZE: None,
-    KvmIoctl.KVM_GET_SUPPORTED_CPUID: kvm_cpuid2,
-    KvmIoctl.KVM_CREATE_VCPU: None,
-    KvmIoctl.KVM_GET_DIRTY_LOG: kvm_dirty_log,
-    KvmIoctl.KVM_SET_USER_MEMORY_REGION: kvm_userspace_memory_region,
-    KvmIoctl.KVM_SET_TSS_ADDR: None,
-    KvmIoctl.KVM_REGISTER_COALESCED_MMIO: kvm_coalesced_mmio_zone,
-    KvmIoctl.KVM_UNREGISTER_COALESCED_MMIO: kvm_coalesced_mmio_zone,
-    KvmIoctl.KVM_IOEVENTFD: kvm_ioeventfd,
-    KvmIoctl.KVM_ENABLE_CAP: kvm_enable_cap,
-    KvmIoctl.KVM_CLEAR_DIRTY_LOG: kvm_clear_dirty_log,
-    KvmIoctl.KVM_GET_STATS_FD: None,
-    KvmIoctl.KVM_RUN: None,
-    KvmIoctl.KVM_GET_REGS: kvm_regs,
-    KvmIoctl.KVM_SET_REGS: kvm_regs,
-    KvmIoctl.KVM_GET_SREGS: kvm_sregs,
-    KvmIoctl.KVM_SET_SREGS: kvm_sregs,
-    KvmIoctl.KVM_GET_FPU: kvm_fpu,
-    KvmIoctl.KVM_SET_FPU: kvm_fpu,
-    KvmIoctl.KVM_SET_CPUID2: kvm_cpuid2,
-}
