@@ -61,12 +61,14 @@ def timing_json(r: RunResult) -> dict[str, Any]:
 
     mmio = r.mmio_exits
     ns = [e.ns for e in mmio]
-    classes = timing.first_touch_classes([e.gpa for e in mmio])
+    gpas = [e.gpa for e in mmio]
+    whole = timing.summarize(ns)
+    by_page = timing.group(ns, [gpa >> timing.PAGE_SHIFT for gpa in gpas], whole=whole)
     out: dict[str, Any] = {
         "unit": "ns",
-        "all": timing.summarize(ns),
-        "by_class": timing.group(ns, classes),
-        "by_page": timing.group(ns, [f"{e.gpa >> 12 << 12:#x}" for e in mmio]),
+        "all": whole,
+        "by_class": timing.group(ns, timing.first_touch_classes(gpas), whole=whole),
+        "by_page": {f"{page << timing.PAGE_SHIFT:#x}": s for page, s in by_page.items()},
     }
     kernel = [e.kernel_ns for e in mmio if e.kernel_ns is not None]
     if kernel:

@@ -3,6 +3,10 @@ per predicted path), with percentiles and a log2 histogram, and an optional PNG 
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,18 +19,32 @@ def percentile(sorted_values: Sequence[int], q: float) -> int:
     """Nearest-rank percentile of already-sorted values (q in 0..100)."""
     if not sorted_values:
         raise ValueError("percentile of no values")
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    # The smallest value with at least q% of the values at or below it: rank ceil(q/100 * n).
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values) / 100) - 1))
     return sorted_values[k]
 
 
 def log2_histogram(values: Iterable[int]) -> list[list[int]]:
     """``[[lo, hi, count], ...]``: buckets ``[2^k, 2^(k+1))`` that hold at least one value
     (a 0 goes to ``[0, 1)``)."""
-    buckets: dict[int, int] = {}
-    for v in values:
-        k = v.bit_length()  # 0 for 0, k for 2^(k-1) <= v < 2^k
-        buckets[k] = buckets.get(k, 0) + 1
-    return [[0 if k == 0 else 1 << (k - 1), 1 << k, n] for k, n in sorted(buckets.items())]
+    return _log2_histogram_sorted(sorted(values))
+
+
+def _log2_histogram_sorted(v: Sequence[int]) -> list[list[int]]:
+    # Cut the sorted values at each power of two: a bisection per bucket, not a step per value.
+    if not v:
+        return []
+    if v[0] < 0:
+        raise ValueError(f"log2 histogram of a negative value ({v[0]})")
+    out = []
+    lo_index = 0
+    for k in range(v[0].bit_length(), v[-1].bit_length() + 1):
+        hi = 1 << k  # bucket k holds 2^(k-1) <= x < 2^k (bucket 0 holds 0)
+        hi_index = bisect.bisect_left(v, hi, lo_index)
+        if hi_index > lo_index:
+            out.append([0 if k == 0 else hi >> 1, hi, hi_index - lo_index])
+        lo_index = hi_index
+    return out
 
 
 def summarize(values: Iterable[int]) -> dict[str, Any]:
@@ -41,27 +59,40 @@ def summarize(values: Iterable[int]) -> dict[str, Any]:
         "p90": percentile(v, 90),
         "p99": percentile(v, 99),
         "max": v[-1],
-        "histogram": log2_histogram(v),
+        "histogram": _log2_histogram_sorted(v),
     }
 
 
 def first_touch_classes(gpas: Sequence[int]) -> list[str]:
     """``first_touch`` for the first exit on each gpa page, ``repeat`` after it."""
-    seen: set[int] = set()
-    out = []
-    for gpa in gpas:
-        page = gpa >> PAGE_SHIFT
-        out.append("repeat" if page in seen else "first_touch")
-        seen.add(page)
+    pages = [gpa >> PAGE_SHIFT for gpa in gpas]
+    out = ["repeat"] * len(pages)
+    # page -> index of its first exit: built backwards, so the first index is written last
+    for i in dict(zip(reversed(pages), range(len(pages) - 1, -1, -1))).values():
+        out[i] = "first_touch"
     return out
 
 
-def group(values: Sequence[int], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Summaries of *values* grouped by the parallel *keys*."""
-    by: dict[str, list[int]] = {}
-    for v, k in zip(values, keys, strict=True):
-        by.setdefault(k, []).append(v)
-    return {k: summarize(vs) for k, vs in sorted(by.items())}
+_FEW_KEYS = 16  # up to this many distinct keys, group() filters once per key in C
+
+
+def group(values: Sequence[Any], keys: Sequence[Any], *, whole: dict[str, Any] | None = None
+          ) -> dict[Any, dict[str, Any]]:
+    """Summaries of *values* grouped by the parallel *keys*, in key order. *whole*, the
+    :func:`summarize` of all *values* if the caller has it, serves a group that holds them all."""
+    if len(values) != len(keys):
+        raise ValueError(f"{len(values)} values but {len(keys)} keys")
+    distinct = set(keys)
+    if whole is not None and len(distinct) == 1:
+        return {k: whole for k in distinct}
+    by: dict[Any, list[int]]
+    if len(distinct) <= _FEW_KEYS:
+        by = {k: list(itertools.compress(values, map(operator.eq, keys, itertools.repeat(k)))) for k in distinct}
+    else:
+        by = {k: [] for k in distinct}
+        for v, k in zip(values, keys):
+            by[k].append(v)
+    return {k: summarize(by[k]) for k in sorted(distinct)}
 
 
 def format_summary(name: str, s: Mapping[str, Any], unit: str = "ns") -> str:
