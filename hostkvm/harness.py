@@ -79,7 +79,9 @@ class RecordedExit:
 
     ``rip`` is the guest RIP when ``KVM_RUN`` returned; ``insn_rip`` the start of the
     instruction that caused the exit (for an MMIO write KVM has already retired it, so RIP
-    points past it); ``ns`` the host time spent in that ``KVM_RUN``.
+    points past it); ``ns`` the host time spent in that ``KVM_RUN``; ``events`` the trace
+    events of its round trip when traced (a :class:`~hostkvm.trace.TraceEvents` slice of the
+    run's events, cut when first looked at), else empty.
     """
 
     index: int
@@ -95,9 +97,16 @@ class RecordedExit:
     where: str = ""
     ns: int = 0
     run_index: int = 0
-    events: Sequence[Any] = field(default_factory=list)  # TraceEvents of its round trip when traced
     kernel_ns: int | None = None
     stats: dict[str, int] | None = None
+    # The run's events and this round trip's (first, end) index range in them.
+    trace_events: Sequence[Any] = ()
+    trace_span: tuple[int, int] = (0, 0)
+
+    @property
+    def events(self) -> Sequence[Any]:
+        i, j = self.trace_span
+        return self.trace_events[i:j]
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"index": self.index, "reason": self.reason}
@@ -504,7 +513,7 @@ def run_machine(
             total=len(events), outside=attribution.outside, events=events,
         )
     if attribution is not None:
-        bounds, window_events, event_ts = attribution.bounds, attribution.events, attribution.events.ts
+        first, end, window_events, event_ts = attribution.first, attribution.end, attribution.events, attribution.events.ts
     # Stats that moved at all during the run: only they can have a nonzero delta per exit.
     moving: list[tuple[str, int]] = []
     if stats_per_exit:
@@ -531,9 +540,9 @@ def run_machine(
         rec = RecordedExit(len(exits), names[reason], gpa, length, is_write, data, port, lin,
                            d[0], d[1], d[2], t1 - t0, run_index)
         if attribution is not None:
-            # A column slice: the event objects are built only when someone looks at them.
-            i, j = bounds[run_index]
-            rec.events = window_events[i:j]
+            # Sliced (and the event objects built) only when someone looks at them.
+            rec.trace_events = window_events
+            rec.trace_span = i, j = first[run_index], end[run_index]
             if j > i:
                 rec.kernel_ns = event_ts[j - 1] - event_ts[i]
         if stats_per_exit:

@@ -28,7 +28,9 @@ Typical use::
 
 from __future__ import annotations
 
+import array
 import bisect
+import collections
 import ctypes
 import ctypes.util
 import errno
@@ -612,9 +614,9 @@ class TraceEvents(Sequence[TraceEvent]):
     def counts(self) -> dict[str, int]:
         """How many records of each event name."""
         out: dict[str, int] = {}
-        for k in self._kind:
+        for k, n in collections.Counter(self._kind).items():
             name = self._decoders[k].name
-            out[name] = out.get(name, 0) + 1
+            out[name] = out.get(name, 0) + n
         return out
 
     def select(self, indexes: Iterable[int]) -> TraceEvents:
@@ -634,7 +636,8 @@ class LostEventsError(TraceError):
 
 def decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decoder],
                  layout: PageLayout = PageLayout(), *,
-                 unknown: Callable[[int], Decoder | None] | None = None) -> TraceEvents:
+                 unknown: Callable[[int], Decoder | None] | None = None,
+                 native: bool = True) -> TraceEvents:
     """Decode raw ring-buffer pages (``(cpu, page_bytes)`` as read from
     ``per_cpu/cpuN/trace_pipe_raw``, in read order per CPU) into events sorted by
     timestamp (stable, so equal timestamps keep per-CPU order).
@@ -643,13 +646,105 @@ def decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decoder
     *unknown* is asked once per unknown ID (``None`` skips those records). A page with
     ``RB_MISSED_EVENTS`` raises :class:`LostEventsError`; a malformed page raises
     :class:`TraceError`.
+
+    The event headers are walked in C (``hostkvm/_native/ringbuf.c``) when the native
+    library is available and *native* is true, else in Python; the fields are decoded in
+    Python either way. Both give the same events; pages the C walk refuses are decoded in
+    Python, which says what is wrong with them.
     """
     if layout.data_offset % 4 or layout.timestamp_size != 8:
         raise TraceError(f"ring buffer: page layout {layout} is not one this decoder reads")
+    pages = list(pages)
     # Hundreds of thousands of new objects would trigger the cyclic GC over and over (it
     # more than doubles the decode time); none of them can form a cycle.
     with _gc_paused():
+        if native:
+            from hostkvm import _native
+
+            lib = _native.load()
+            if lib is not None:
+                events = _decode_pages_native(lib, pages, decoders, layout, unknown)
+                if events is not None:
+                    return events
         return _decode_pages(pages, decoders, layout, unknown)
+
+
+def _unpack_convert(d: Decoder) -> Callable[[Any, int], tuple[Any, ...]]:
+    unpack, convert = d.unpack, d.convert
+    if convert is None:
+        return unpack
+
+    def both(buf: Any, rec: int) -> tuple[Any, ...]:
+        return convert(buf, rec, unpack(buf, rec))
+
+    return both
+
+
+def _decode_pages_native(lib: Any, pages: list[tuple[int, bytes]], decoders: dict[int, Decoder],
+                         layout: PageLayout, unknown: Callable[[int], Decoder | None] | None
+                         ) -> TraceEvents | None:
+    """The C walk of the pages, then the fields in Python; None if the walk (or a record's
+    size) is not right, for :func:`_decode_pages` to report."""
+    from hostkvm._native import HkRbLayout
+
+    if layout.commit_size not in (4, 8):
+        return None
+    lens = array.array("I", [len(p) for _, p in pages])
+    starts = array.array("Q", itertools.accumulate(lens, initial=0))
+    cpus = array.array("I", [c for c, _ in pages])
+    buf = b"".join(p for _, p in pages)
+    lay = HkRbLayout(layout.timestamp_offset, layout.commit_offset, layout.commit_size, layout.data_offset)
+    head = (buf, starts.buffer_info()[0], lens.buffer_info()[0], cpus.buffer_info()[0], len(pages),
+            ctypes.byref(lay))
+    n = lib.hk_rb_walk(*head, None, None, None, None, None)
+    if n < 0:
+        return None
+    ts, types, recs, sizes, cpu_of = (array.array(c, bytes(8 * n if c == "Q" else 4 * n))
+                                      for c in ("Q", "I", "Q", "I", "I"))
+    if lib.hk_rb_walk(*head, *(a.buffer_info()[0] for a in (ts, types, recs, sizes, cpu_of))) != n:
+        return None
+    ts_col, type_col, rec_col, cpu_col = ts.tolist(), types.tolist(), recs.tolist(), cpu_of.tolist()
+
+    kinds: list[Decoder] = list(decoders.values())
+    kind_of = {t: k for k, t in enumerate(decoders)}
+    missing = set()
+    for t in sorted(set(type_col)):
+        if t not in kind_of:
+            d = unknown(t) if unknown is not None else None
+            if d is None:
+                missing.add(t)
+            else:
+                kind_of[t] = len(kinds)
+                kinds.append(d)
+    if missing:
+        keep = [i for i, t in enumerate(type_col) if t not in missing]
+        ts_col, type_col, rec_col, cpu_col = ([c[i] for i in keep] for c in (ts_col, type_col, rec_col, cpu_col))
+        size_col = [sizes[i] for i in keep]
+    else:
+        size_col = sizes.tolist()
+    # Every record must hold what its format says (else the Python walk reports it).
+    smallest = min(size_col, default=0)
+    for t in set(type_col):
+        need = kinds[kind_of[t]].size
+        if smallest < need and min(itertools.compress(size_col, map(operator.eq, type_col, itertools.repeat(t)))) < need:
+            return None
+    read = {t: _unpack_convert(kinds[k]) for t, k in kind_of.items()}
+    raw_col = [read[t](buf, r) for t, r in zip(type_col, rec_col)]
+    kind_col = list(map(kind_of.__getitem__, type_col))
+    return _by_timestamp(ts_col, cpu_col, raw_col, kind_col, tuple(kinds))
+
+
+def _by_timestamp(ts_col: list[int], cpu_col: list[int], raw_col: list[tuple[Any, ...]], kind_col: list[int],
+                  kinds: tuple[Decoder, ...]) -> TraceEvents:
+    """The decoded columns as :class:`TraceEvents`, merged by timestamp when the pages of
+    several CPUs were decoded one after the other (stable: per-CPU order is kept)."""
+    if ts_col != sorted(ts_col):
+        order = sorted(range(len(ts_col)), key=ts_col.__getitem__)
+        ts_col = [ts_col[i] for i in order]
+        cpu_col = [cpu_col[i] for i in order]
+        raw_col = [raw_col[i] for i in order]
+        kind_col = [kind_col[i] for i in order]
+    return TraceEvents(ts_col, cpu_col, raw_col, kind_col, kinds)
 
 
 @contextmanager
@@ -684,7 +779,6 @@ def _decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decode
     for i, d in decoders.items():
         table[i] = entry(d)
     missing: set[int] = set()
-    last_cpu_ts: dict[int, int] = {}
     page_no = 0
     for cpu, page in pages:
         page_no += 1
@@ -718,6 +812,8 @@ def _decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decode
                     raise TraceError(f"ring buffer cpu{cpu}: page {page_no}: truncated event header")
                 rec = k + 2
                 k = rec + ((w[k + 1] - 4 + 3) >> 2)
+            elif k + 1 >= end and type_len != RINGBUF_TYPE_PADDING:
+                raise TraceError(f"ring buffer cpu{cpu}: page {page_no}: truncated time stamp")
             elif type_len == RINGBUF_TYPE_TIME_EXTEND:
                 ts += (w[k + 1] << _TS_SHIFT) + (hdr >> 5)
                 k += 2
@@ -732,8 +828,8 @@ def _decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decode
                     break  # the null event: nothing more on this page
                 k += 1 + ((w[k + 1] + 3) >> 2)  # a discarded event; its delta does not count
                 continue
-            if k > end:
-                raise TraceError(f"ring buffer cpu{cpu}: page {page_no}: an event runs past the commit")
+            if k > end or rec >= end:
+                raise TraceError(f"ring buffer cpu{cpu}: page {page_no}: an event is empty or runs past the commit")
             ts += hdr >> 5
             etype = w[rec] & 0xFFFF
             ent = table.get(etype)
@@ -757,14 +853,7 @@ def _decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decode
             else:
                 add_raw(convert(page, rec << 2, unpack(page, rec << 2)))
         w.release()
-        last_cpu_ts[cpu] = ts
-    if len(last_cpu_ts) > 1 and ts_col != sorted(ts_col):
-        order = sorted(range(len(ts_col)), key=ts_col.__getitem__)  # stable: per-CPU order kept
-        ts_col = [ts_col[i] for i in order]
-        cpu_col = [cpu_col[i] for i in order]
-        raw_col = [raw_col[i] for i in order]
-        kind_col = [kind_col[i] for i in order]
-    return TraceEvents(ts_col, cpu_col, raw_col, kind_col, tuple(kinds))
+    return _by_timestamp(ts_col, cpu_col, raw_col, kind_col, tuple(kinds))
 
 
 def _ts_key(e: TraceEvent) -> int:
@@ -866,8 +955,11 @@ def _sigint_deferred() -> Iterator[None]:
 
 
 def _teardown(state: dict[str, Any]) -> None:
-    """Close the readers and remove the instance. Shared by close() and the finalizer;
-    must not reference the capture."""
+    """Close the readers and remove the instance. Shared by close(), the finalizer and the
+    background removal that collect() starts; must not reference the capture."""
+    remover = state.get("remover")
+    if remover is not None and remover is not threading.current_thread():
+        remover.join()  # collect() started the removal: wait for it, then check what is left
     stop = state.get("drain_stop")
     if stop is not None:
         stop.set()
@@ -961,6 +1053,7 @@ class TraceCapture:
         self._state: dict[str, Any] = {}
         self._finalizer: weakref.finalize[Any, Any] | None = None  # armed in start()
         self._stopped = False
+        self._lost: dict[int, dict[str, int]] | None = None  # the counters collect() saw
 
     # --- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> TraceCapture:
@@ -1090,8 +1183,8 @@ class TraceCapture:
     def drain(self) -> int:
         """Move every page now in the ring buffers into memory (non-blocking). Returns the
         number of pages read. Cheap: no decoding happens here."""
-        if self.path is None:
-            raise TraceError("tracefs: drain() on a capture that is not running")
+        if self.path is None or self._lost is not None:
+            raise TraceError("tracefs: drain() on a capture that is not running (closed or collected)")
         page_size = self.layout.page_size
         got = []
         for cpu in self._cpus:
@@ -1116,7 +1209,10 @@ class TraceCapture:
         return len(got)
 
     def lost_events(self) -> dict[int, dict[str, int]]:
-        """Per CPU, the non-zero ``overrun`` / ``commit overrun`` / ``dropped events`` counters."""
+        """Per CPU, the non-zero ``overrun`` / ``commit overrun`` / ``dropped events`` counters
+        (after :meth:`collect`: as it read them, before the instance went away)."""
+        if self._lost is not None:
+            return self._lost
         if self.path is None:
             raise TraceError("tracefs: lost_events() on a capture that is not running")
         lost: dict[int, dict[str, int]] = {}
@@ -1129,8 +1225,8 @@ class TraceCapture:
 
     def stop(self) -> None:
         """Stop recording (the instance's ``tracing_on``) and the background drain."""
-        if self.path is None:
-            raise TraceError("tracefs: stop() on a capture that is not running")
+        if self.path is None or self._lost is not None:
+            raise TraceError("tracefs: stop() on a capture that is not running (closed or collected)")
         _write(os.path.join(self.path, "tracing_on"), "0")
         stop = self._state.get("drain_stop")
         if stop is not None:
@@ -1140,14 +1236,22 @@ class TraceCapture:
 
     def collect(self) -> TraceEvents:
         """Stop, read what is left, check that nothing was lost and decode everything into
-        events sorted by timestamp. Raise :class:`LostEventsError` if events were lost."""
+        events sorted by timestamp. Raise :class:`LostEventsError` if events were lost.
+
+        Once the pages and the lost-event counters are read the instance is of no more use:
+        its removal (an ``rmdir`` that waits on the kernel for tens of ms) starts in the
+        background while the pages are decoded; :meth:`close` waits for it."""
         if not self._stopped:
             self.stop()
         self.drain()
         if self._drain_error is not None:
             raise TraceError(f"tracefs: background drain of {self.name} failed: "
                              f"{self._drain_error}") from self._drain_error
-        lost = self.lost_events()
+        lost = self._lost = self.lost_events()
+        if "path" in self._state and "remover" not in self._state:
+            remover = threading.Thread(target=_teardown, args=(self._state,), name=f"{self.name}-remove")
+            self._state["remover"] = remover
+            remover.start()
         if lost:
             desc = "; ".join(f"cpu{c}: " + ", ".join(f"{k} {v}" for k, v in d.items())
                              for c, d in sorted(lost.items()))
@@ -1192,16 +1296,21 @@ class Attribution:
     """The result of :func:`attribute_to_windows`.
 
     ``per_window[k]`` is a :class:`TraceEvents` of the events inside window *k* (sliced on
-    access); ``bounds[k]`` its ``(first, end)`` index range in ``events``; ``outside`` the
-    events that fell in no window (sorted by ``ts``).
+    access); ``first[k]`` / ``end[k]`` (and ``bounds[k]``, the pair) its index range in
+    ``events``; ``outside`` the events that fell in no window (sorted by ``ts``).
     """
 
-    __slots__ = ("events", "bounds", "outside")
+    __slots__ = ("events", "first", "end", "outside")
 
-    def __init__(self, events: TraceEvents, bounds: list[tuple[int, int]], outside: TraceEvents) -> None:
+    def __init__(self, events: TraceEvents, first: list[int], end: list[int], outside: TraceEvents) -> None:
         self.events = events
-        self.bounds = bounds
+        self.first = first
+        self.end = end
         self.outside = outside
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return list(zip(self.first, self.end))
 
     @property
     def per_window(self) -> _WindowSlices:
@@ -1209,7 +1318,7 @@ class Attribution:
 
     def counts(self) -> list[int]:
         """Number of events in each window."""
-        return [j - i for i, j in self.bounds]
+        return list(map(operator.sub, self.end, self.first))
 
 
 class _WindowSlices(Sequence[TraceEvents]):
@@ -1238,6 +1347,20 @@ def _as_columns(events: Sequence[TraceEvent]) -> TraceEvents:
     return events if isinstance(events, TraceEvents) else TraceEvents.from_events(events)
 
 
+def _search_sorted(a: list[int], values: list[int], *, right: bool) -> list[int]:
+    """``[bisect_left(a, v) for v in values]`` (``bisect_right`` with *right*) for sorted
+    *a* and *values*: one merge walk in C when the native library is there."""
+    from hostkvm import _native
+
+    lib = _native.load()
+    if lib is None or not a or not values or min(a[0], values[0]) < 0 or max(a[-1], values[-1]) >= 1 << 64:
+        return list(map(functools.partial(bisect.bisect_right if right else bisect.bisect_left, a), values))
+    aa, vv = array.array("Q", a), array.array("Q", values)
+    out = array.array("Q", bytes(8 * len(values)))
+    lib.hk_search_sorted(aa.buffer_info()[0], len(aa), vv.buffer_info()[0], len(vv), int(right), out.buffer_info()[0])
+    return out.tolist()
+
+
 def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[int, int]],
                          *, pid: int | None = None) -> Attribution:
     """Give each ``(start_ns, end_ns)`` window (e.g. ``time.monotonic_ns()`` at ``KVM_RUN``
@@ -1249,7 +1372,7 @@ def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[i
     """
     starts = [w[0] for w in windows]
     ends = [w[1] for w in windows]
-    # Validated and cut with C-level map() calls: this runs once per round trip.
+    # Validated and cut with C-level calls: this runs once per round trip.
     if not all(map(operator.le, starts, ends)):
         i = next(k for k, (s, e) in enumerate(zip(starts, ends)) if e < s)
         raise ValueError(f"window {i} ends before it starts ({starts[i]} > {ends[i]})")
@@ -1260,19 +1383,18 @@ def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[i
     others: list[int] = []
     if pid is not None:
         pids = cols.pids
-        if any(p != pid for p in pids):
+        if pids.count(pid) != len(pids):
             others = [i for i, p in enumerate(pids) if p != pid]
             cols, all_cols = cols.select(i for i, p in enumerate(pids) if p == pid), cols
     ts = cols.ts
     if ts != sorted(ts):
         raise ValueError("events must be sorted by ts")
-    lo_idx = list(map(functools.partial(bisect.bisect_left, ts), starts))
-    hi_idx = list(map(functools.partial(bisect.bisect_right, ts), ends))
-    bounds = list(zip(lo_idx, hi_idx))
+    first = _search_sorted(ts, starts, right=False)
+    end = _search_sorted(ts, ends, right=True)
     out_idx: list[int] = []
-    if sum(map(operator.sub, hi_idx, lo_idx)) != len(ts):
+    if sum(map(operator.sub, end, first)) != len(ts):
         prev = 0
-        for i, j in bounds:
+        for i, j in zip(first, end):
             if i > prev:
                 out_idx.extend(range(prev, i))
             prev = j
@@ -1284,7 +1406,7 @@ def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[i
                         key=(outside.ts + extra.ts).__getitem__)
         both = TraceEvents.from_events([*outside, *extra])
         outside = both.select(merged)
-    return Attribution(cols, bounds, outside)
+    return Attribution(cols, first, end, outside)
 
 
 def split_on_userspace_exit(events: Sequence[TraceEvent], *, pid: int | None = None,

@@ -1,4 +1,5 @@
-"""The native run loop: ``runloop.c``, compiled with the system C compiler on first use and
+"""The native helpers: ``runloop.c`` (the run loop) and ``ringbuf.c`` (the trace
+ring-buffer walk), compiled with the system C compiler into one library on first use and
 loaded with ctypes.
 
 A Python ``KVM_RUN`` loop costs about 1.5 µs of interpreter time per exit on top of the
@@ -7,9 +8,13 @@ than the harness may add. ``runloop.c`` runs the MMIO exits of a payload in C an
 every other exit back to Python, which decodes ``kvm_run`` as before. It issues
 ``KVM_RUN`` only; every other ioctl goes through :mod:`hostkvm._syscall`.
 
-:func:`load` returns None (and the harness uses its Python loop) when no C compiler or no
-``<linux/kvm.h>`` is available, or when ``HOSTKVM_NATIVE=0``; :func:`unavailable_reason`
-says why.
+Likewise, walking the ring buffer's event headers in Python costs about 1 µs per event;
+``ringbuf.c`` lists the events of the pages (:mod:`hostkvm.trace` decodes their fields)
+and cuts the sorted event timestamps at the ``KVM_RUN`` windows in one merge walk.
+
+:func:`load` returns None (and the harness uses its Python loop and decoder) when no C
+compiler or no ``<linux/kvm.h>`` is available, or when ``HOSTKVM_NATIVE=0``;
+:func:`unavailable_reason` says why.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("runloop.c")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("runloop.c", "ringbuf.c"))
 REC_SIZE = 56
 # struct hk_rec: t0, t1, gpa, data[8], rip, rcx, len, is_write
 REC_FORMAT = "<QQQ8sQQII"
@@ -52,13 +57,24 @@ def cache_dir() -> Path:
     return Path(base) / "hostkvm" / "native"
 
 
+class HkRbLayout(ctypes.Structure):
+    """struct hk_rb_layout of ringbuf.c: where a ring-buffer page keeps what."""
+
+    _fields_ = [
+        ("timestamp_offset", ctypes.c_uint32),
+        ("commit_offset", ctypes.c_uint32),
+        ("commit_size", ctypes.c_uint32),
+        ("data_offset", ctypes.c_uint32),
+    ]
+
+
 def _build(src: bytes) -> Path | None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         _reason.append("no C compiler (install gcc)")
         return None
     key = hashlib.sha256(src + cc.encode()).hexdigest()[:16]
-    out = cache_dir() / f"runloop-{key}.so"
+    out = cache_dir() / f"hostkvm-native-{key}.so"
     if out.exists():
         return out
     try:
@@ -69,10 +85,10 @@ def _build(src: bytes) -> Path | None:
         _reason.append(f"cache directory {out.parent} not writable: {e.strerror}")
         return None
     try:
-        r = subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
+        r = subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES)],
                            capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
-            _reason.append(f"{cc} failed on {SOURCE.name}: {r.stderr.strip()[-300:]}")
+            _reason.append(f"{cc} failed on {', '.join(s.name for s in SOURCES)}: {r.stderr.strip()[-300:]}")
             return None
         os.replace(tmp, out)  # atomic: a concurrent build never sees half a file
     finally:
@@ -83,11 +99,11 @@ def _build(src: bytes) -> Path | None:
 
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    """The compiled run loop, or None (see :func:`unavailable_reason`)."""
+    """The compiled library, or None (see :func:`unavailable_reason`)."""
     if os.environ.get("HOSTKVM_NATIVE", "1") == "0":
         _reason.append("HOSTKVM_NATIVE=0")
         return None
-    path = _build(SOURCE.read_bytes())
+    path = _build(b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in SOURCES))
     if path is None:
         return None
     lib = ctypes.CDLL(str(path))
@@ -95,6 +111,13 @@ def load() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_long
     fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
                    ctypes.c_void_p, ctypes.c_void_p]
+    walk = lib.hk_rb_walk
+    walk.restype = ctypes.c_long
+    walk.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+                     ctypes.POINTER(HkRbLayout), *[ctypes.c_void_p] * 5]
+    search = lib.hk_search_sorted
+    search.restype = None
+    search.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 

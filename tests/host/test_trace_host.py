@@ -170,6 +170,24 @@ def test_lost_events_fail_the_capture(tracefs: T.Tracefs) -> None:
             cap.collect()
 
 
+def test_collect_removes_the_instance_in_the_background(tracefs: T.Tracefs) -> None:
+    """collect() starts the instance's removal while it decodes; close() waits for it, the
+    lost-event counters stay readable and the capture cannot be read again."""
+    cap = TraceCapture([GETPPID], tracefs=tracefs)
+    cap.start()
+    try:
+        for _ in range(100):
+            os.getppid()
+        assert len(cap.collect()) == 100
+        assert cap.lost_events() == {}
+        with pytest.raises(T.TraceError, match="collected"):
+            cap.drain()
+    finally:
+        cap.close()
+    assert cap.name not in instances(tracefs)
+    assert not [t for t in threading.enumerate() if t.name.startswith(cap.name or "?")]
+
+
 def test_background_drain_keeps_a_small_buffer_lossless(tracefs: T.Tracefs) -> None:
     n = 0
     with TraceCapture([GETPPID], tracefs=tracefs, buffer_size_kb=64, drain_interval=0.005) as cap:

@@ -3,14 +3,20 @@ lost-event detection, attribution helpers and the capture's cleanup on a fake tr
 
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hostkvm import _native
 from hostkvm import trace as T
 from hostkvm.errors import TraceError
 from hostkvm.trace import (
@@ -102,6 +108,19 @@ def test_header_page_layout() -> None:
 
 # --- synthetic ring-buffer pages --------------------------------------------------------------
 
+Decode = Callable[..., TraceEvents]
+
+
+@pytest.fixture(params=["c-walk", "python-walk"])
+def decode(request: pytest.FixtureRequest) -> Decode:
+    """decode_pages() with the event headers walked in C (hostkvm/_native/ringbuf.c) or in
+    Python: every page test runs against both."""
+    native = request.param == "c-walk"
+    if native:
+        assert _native.load() is not None, _native.unavailable_reason()
+    return functools.partial(decode_pages, native=native)
+
+
 def record(f: EventFormat, pid: int, payload: bytes) -> bytes:
     """A record: the common header then *payload* laid out from offset 8."""
     return struct.pack("<HBBi", f.id, 0, 0, pid) + payload
@@ -155,11 +174,11 @@ def exit_rec(reason: int = 6, err: int = 0, pid: int = 42) -> bytes:
     return record(EXIT, pid, struct.pack("<Ii", reason, err))
 
 
-def test_decode_small_events_and_timestamps() -> None:
+def test_decode_small_events_and_timestamps(decode: Decode) -> None:
     body = (data_event(mmio_rec(0x1000, 0xAB), 5)
             + data_event(exit_rec(), 10)
             + data_event(mmio_rec(0x2000, 0xCD), 1))
-    evs = decode_pages([(3, page(1_000, body))], DECODERS)
+    evs = decode([(3, page(1_000, body))], DECODERS)
     assert isinstance(evs, TraceEvents)
     assert [(e.name, e.ts, e.cpu, e.pid) for e in evs] == [
         ("kvm_mmio", 1005, 3, 42), ("kvm_userspace_exit", 1015, 3, 42), ("kvm_mmio", 1016, 3, 42)]
@@ -174,13 +193,13 @@ def test_decode_small_events_and_timestamps() -> None:
     assert evs[0].get("nope", 7) == 7
 
 
-def test_signed_bool_and_char_fields() -> None:
+def test_signed_bool_and_char_fields(decode: Decode) -> None:
     spte = record(SPTE, 1, struct.pack("<QQQBBBb", 0x10, 0x8000_0000_0000_0067, 0xFFFF_8880_0000_1000, 1, 1, 0, -1))
     fpf = record(FPF, 1, struct.pack("<i4xQQQQQi", -3, 0x2000, 0x6, 0xFF, 1, 2, -22))
     match = record(MATCH, 1, struct.pack("<QQ??", 0x7000, 0x1_0000, True, False))
     exit_err = exit_rec(reason=0, err=-4, pid=1)
     body = b"".join(data_event(r, 1) for r in (spte, fpf, match, exit_err))
-    a, b, c, d = decode_pages([(0, page(0, body))], DECODERS)
+    a, b, c, d = decode([(0, page(0, body))], DECODERS)
     assert a.fields == {"gfn": 0x10, "spte": 0x8000_0000_0000_0067, "sptep": 0xFFFF_8880_0000_1000,
                         "level": 1, "r": True, "x": False, "u": -1}
     assert a["r"] is True
@@ -189,7 +208,7 @@ def test_signed_bool_and_char_fields() -> None:
     assert d["errno"] == -4
 
 
-def test_fixed_arrays_and_data_loc_strings() -> None:
+def test_fixed_arrays_and_data_loc_strings(decode: Decode) -> None:
     insn = record(INSN, 9, struct.pack("<QIB15sBB", 0x1000, 0, 2, b"\x88\x07", 0, 0))
     rename = record(RENAME, 9, struct.pack("<i16s16sh", 9, b"python3", b"vcpu0", 0))
     # sched_process_exec: __data_loc char[] filename at 8, then pid, old_pid; string after.
@@ -197,14 +216,14 @@ def test_fixed_arrays_and_data_loc_strings() -> None:
     fixed = 8 + 4 + 4 + 4
     exe = record(EXEC, 9, struct.pack("<Iii", (len(name) << 16) | fixed, 9, 9) + name)
     body = b"".join(data_event(r, 2) for r in (insn, rename, exe))
-    a, b, c = decode_pages([(1, page(100, body))], DECODERS)
+    a, b, c = decode([(1, page(100, body))], DECODERS)
     assert a["insn"] == b"\x88\x07" + bytes(13) and a["len"] == 2
     assert b["oldcomm"] == "python3" and b["newcomm"] == "vcpu0"
     assert c["filename"] == "/bin/true"
     assert a.to_dict()["insn"] == "8807" + "00" * 13
 
 
-def test_rel_loc_and_wide_arrays() -> None:
+def test_rel_loc_and_wide_arrays(decode: Decode) -> None:
     text = """name: synth
 ID: 999
 format:
@@ -223,12 +242,12 @@ print fmt: ""
     dyn = struct.pack("<3H", 1, 2, 0xFFFF)
     # rel_loc offset counts from the end of the field (offset 24): the data sits at 28.
     payload = struct.pack("<3IIh2x", 7, 8, 9, (len(dyn) << 16) | 4, -5) + dyn
-    (ev,) = decode_pages([(0, page(0, data_event(record(f, 5, payload), 3)))], {f.id: build_decoder(f)})
+    (ev,) = decode([(0, page(0, data_event(record(f, 5, payload), 3)))], {f.id: build_decoder(f)})
     assert ev.fields == {"regs": (7, 8, 9), "vals": (1, 2, 0xFFFF), "tail": -5}
     assert ev.to_dict()["regs"] == [7, 8, 9]
 
 
-def test_type_len_zero_time_extend_absolute_and_discarded() -> None:
+def test_type_len_zero_time_extend_absolute_and_discarded(decode: Decode) -> None:
     body = (data_event(mmio_rec(0x1000, 1), 4, big=True)
             + time_extend(5 << 27 | 3)
             + data_event(exit_rec(), 2)
@@ -236,60 +255,116 @@ def test_type_len_zero_time_extend_absolute_and_discarded() -> None:
             + data_event(mmio_rec(0x3000, 3), 1)
             + time_stamp(9_000_000_000)
             + data_event(mmio_rec(0x4000, 4), 6))
-    evs = decode_pages([(0, page(50, body))], DECODERS)
+    evs = decode([(0, page(50, body))], DECODERS)
     t1 = 54
     t2 = t1 + (5 << 27 | 3) + 2
     assert evs.ts == [t1, t2, t2 + 1, 9_000_000_006]
     assert [e["gpa"] for e in evs if e.name == "kvm_mmio"] == [0x1000, 0x3000, 0x4000]
 
 
-def test_null_padding_ends_the_page_and_pages_chain() -> None:
+def test_null_padding_ends_the_page_and_pages_chain(decode: Decode) -> None:
     p1 = page(10, data_event(mmio_rec(0x1, 0), 1) + struct.pack("<I", 29) + b"\xff" * 12)
     p2 = page(40, data_event(mmio_rec(0x2, 0), 2))
-    evs = decode_pages([(0, p1), (0, p2)], DECODERS)
+    evs = decode([(0, p1), (0, p2)], DECODERS)
     assert evs.ts == [11, 42]
 
 
-def test_multi_cpu_pages_merge_by_timestamp() -> None:
+def test_multi_cpu_pages_merge_by_timestamp(decode: Decode) -> None:
     c0 = page(100, data_event(mmio_rec(0xA, 0), 0) + data_event(mmio_rec(0xC, 0), 20))
     c1 = page(110, data_event(mmio_rec(0xB, 0), 0) + data_event(mmio_rec(0xD, 0), 20))
-    evs = decode_pages([(0, c0), (1, c1)], DECODERS)
+    evs = decode([(0, c0), (1, c1)], DECODERS)
     assert [(e.ts, e.cpu, e["gpa"]) for e in evs] == [(100, 0, 0xA), (110, 1, 0xB), (120, 0, 0xC), (130, 1, 0xD)]
 
 
-def test_unknown_ids_are_skipped_or_looked_up() -> None:
+def test_unknown_ids_are_skipped_or_looked_up(decode: Decode) -> None:
     body = data_event(mmio_rec(0x1, 0), 1) + data_event(exit_rec(), 1)
     only_mmio = {MMIO.id: DECODERS[MMIO.id]}
-    assert decode_pages([(0, page(0, body))], only_mmio).names() == ["kvm_mmio"]
+    assert decode([(0, page(0, body))], only_mmio).names() == ["kvm_mmio"]
     asked: list[int] = []
 
     def unknown(i: int) -> T.Decoder | None:
         asked.append(i)
         return DECODERS.get(i)
 
-    evs = decode_pages([(0, page(0, body + data_event(exit_rec(), 1)))], only_mmio, unknown=unknown)
+    evs = decode([(0, page(0, body + data_event(exit_rec(), 1)))], only_mmio, unknown=unknown)
     assert evs.names() == ["kvm_mmio", "kvm_userspace_exit", "kvm_userspace_exit"]
     assert asked == [EXIT.id]
 
 
-def test_missed_events_flag_raises() -> None:
+def test_missed_events_flag_raises(decode: Decode) -> None:
     p = page(0, data_event(mmio_rec(1, 1), 1), commit_flags=T.RB_MISSED_EVENTS | T.RB_MISSED_STORED, missed=17)
     with pytest.raises(LostEventsError, match=r"cpu2.*\(17 events\).*RB_MISSED_EVENTS"):
-        decode_pages([(2, p)], DECODERS)
+        decode([(2, p)], DECODERS)
     p = page(0, data_event(mmio_rec(1, 1), 1), commit_flags=T.RB_MISSED_EVENTS)
     with pytest.raises(LostEventsError):
-        decode_pages([(0, p)], DECODERS)
+        decode([(0, p)], DECODERS)
 
 
-def test_malformed_pages_raise() -> None:
+def test_malformed_pages_raise(decode: Decode) -> None:
+    # a time extend whose second word would be past the page
+    body = data_event(mmio_rec(1, 1), 1) + struct.pack("<I", 30)
+    with pytest.raises(TraceError, match="truncated time stamp"):
+        decode([(0, struct.pack("<Qq", 0, len(body)) + body)], DECODERS)
     with pytest.raises(TraceError, match="bad size"):
-        decode_pages([(0, b"\0" * 10)], DECODERS)
+        decode([(0, b"\0" * 10)], DECODERS)
     bad = struct.pack("<Qq", 0, 5000) + bytes(4080)
     with pytest.raises(TraceError, match="commits 5000 bytes"):
-        decode_pages([(0, bad)], DECODERS)
+        decode([(0, bad)], DECODERS)
     short = record(MMIO, 1, b"\0" * 4)  # 12 bytes, kvm_mmio needs 32
     with pytest.raises(TraceError, match="kvm_mmio record of 12 bytes"):
-        decode_pages([(0, page(0, data_event(short, 1)))], DECODERS)
+        decode([(0, page(0, data_event(short, 1)))], DECODERS)
+
+
+# The C walk against the Python walk: the same events from any well-formed pages, and on
+# arbitrary bytes either the same events or a refusal (then the Python walk has the word).
+
+_EVENT = st.one_of(
+    st.builds(lambda gpa, val, d, big: data_event(mmio_rec(gpa, val), d, big=big),
+              st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, (1 << 27) - 1), st.booleans()),
+    st.builds(lambda r, d: data_event(exit_rec(reason=r), d), st.integers(0, 2**32 - 1), st.integers(0, 99)),
+    st.builds(time_extend, st.integers(0, 2**59 - 1)),
+    st.builds(time_stamp, st.integers(0, 2**59 - 1)),
+    st.builds(discarded, st.sampled_from([8, 12, 24, 40])),
+)
+_PAGES = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**40), st.lists(_EVENT, max_size=40)),
+                  max_size=4)
+
+
+def _both(pages: list[tuple[int, bytes]], decoders: dict[int, T.Decoder] = DECODERS
+          ) -> tuple[TraceEvents | None, TraceEvents | TraceError]:
+    lib = _native.load()
+    assert lib is not None, _native.unavailable_reason()
+    native = T._decode_pages_native(lib, pages, decoders, PageLayout(), None)
+    try:
+        python: TraceEvents | TraceError = T._decode_pages(pages, decoders, PageLayout(), None)
+    except TraceError as e:
+        python = e
+    return native, python
+
+
+@given(_PAGES)
+@settings(max_examples=300, deadline=None)
+def test_c_walk_matches_the_python_walk(spec: list[tuple[int, int, list[bytes]]]) -> None:
+    pages = [(cpu, page(ts, b"".join(body))) for cpu, ts, body in spec]
+    native, python = _both(pages)
+    assert native is not None, "the C walk refused well-formed pages"
+    assert isinstance(python, TraceEvents)
+    assert list(native) == list(python)
+
+
+@given(st.lists(st.tuples(st.integers(0, 1), st.binary(min_size=16, max_size=256), st.booleans()), max_size=3))
+@settings(max_examples=1000, deadline=None)
+def test_c_walk_on_garbage_agrees_or_refuses(raw: list[tuple[int, bytes, bool]]) -> None:
+    pages = []
+    for cpu, b, full in raw:
+        b = b[: len(b) // 4 * 4]
+        # a commit that fills the page, or a random one (mostly within it)
+        commit = len(b) - 16 if full else struct.unpack_from("<I", b, 8)[0] % (len(b) + 8)
+        pages.append((cpu, b[:8] + struct.pack("<q", commit) + b[16:]))
+    native, python = _both(pages)  # the Python walk raises TraceError or decodes, nothing else
+    if native is not None:
+        assert isinstance(python, TraceEvents), f"C accepted what Python rejects: {python}"
+        assert list(native) == list(python)
 
 
 def test_cpu_stats_parse() -> None:
@@ -315,6 +390,20 @@ def test_attribute_to_windows() -> None:
     assert len(att.per_window[2]) == 0
     assert [e.ts for e in att.outside] == [5, 15, 41]
     assert [len(w) for w in att.per_window[0:2]] == [2, 2]
+
+
+@given(st.lists(st.integers(0, 2**64 - 1)), st.lists(st.integers(0, 2**64 - 1)))
+def test_search_sorted_is_bisect(a: list[int], values: list[int]) -> None:
+    """The C merge walk that cuts event timestamps at window edges is bisect_left/right."""
+    assert _native.load() is not None, _native.unavailable_reason()
+    a.sort()
+    values.sort()
+    assert T._search_sorted(a, values, right=False) == [bisect.bisect_left(a, v) for v in values]
+    assert T._search_sorted(a, values, right=True) == [bisect.bisect_right(a, v) for v in values]
+    ties = sorted(a + a[: len(a) // 2])  # repeated timestamps, and values equal to them
+    edges = sorted(values + ties)
+    for right, cut in ((False, bisect.bisect_left), (True, bisect.bisect_right)):
+        assert T._search_sorted(ties, edges, right=right) == [cut(ties, v) for v in edges]
 
 
 def test_attribute_to_windows_by_pid() -> None:
