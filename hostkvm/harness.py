@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import gc
 import os
 import struct
 import sys
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hostkvm import _native
+from hostkvm import _gc, _native
 from hostkvm._syscall import ioctl_error
 from hostkvm._uapi.constants import KVM_SYNC_X86_REGS, KvmCap, KvmMemFlag
 from hostkvm._uapi.ioctls import KvmIoctl
@@ -376,7 +375,15 @@ def run_machine(
     With a started *capture*, the events of each ``KVM_RUN`` round trip are attached to
     its exit (the capture is collected, which stops it). With *stats_per_exit*, each exit
     carries the vCPU stats delta of its round trip (one ``pread`` per ``KVM_RUN``).
+
+    The cyclic garbage collector is paused for the whole call (see :mod:`hostkvm._gc`).
     """
+    with _gc.paused():
+        return _run_machine(machine, vcpu, timeout, on_sync, capture, stats_per_exit, max_exits)
+
+
+def _run_machine(machine: Machine, vcpu: Vcpu | None, timeout: float | None, on_sync: SyncHandler | None,
+                 capture: TraceCapture | None, stats_per_exit: bool, max_exits: int | None) -> RunResult:
     image = machine.image
     payload = image.payload
     vcpu = machine.vcpus[0] if vcpu is None else vcpu
@@ -407,6 +414,9 @@ def run_machine(
     mono = _monotonic_ns
     native = None if stats_per_exit else _native.load()
     mmio_count = 0
+    if capture is not None and native is not None:
+        # KVM_RUN batches run in C without the GIL: the drain thread can decode meanwhile.
+        capture.decode_in_background = True
 
     def other_exit(e: object, t0: int, t1: int) -> Outcome | None:
         """Everything but an MMIO exit: ucalls, the payload's port I/O, the end of the run."""
@@ -425,76 +435,70 @@ def run_machine(
         record((t0, t1, -1, 0, 0, False, b"", 0, 0, None))
         return _terminal(machine, vcpu, e, timeout)
 
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # the loop allocates only acyclic tuples; collections would only cost time
     t_start = mono()
-    try:
-        with vcpu.deadline(timeout):
-            if native is not None:
-                # MMIO exits in C (hostkvm/_native/runloop.c), the rest here.
-                batch = (_native.HkRec * NATIVE_BATCH)()
-                batch_at = ctypes.addressof(batch)
-                last = (ctypes.c_uint64 * 2)()
-                err = ctypes.c_int()
-                read8 = (ctypes.c_uint8 * 8).from_buffer_copy(payload.read_data(8))
-                run_mmio, fd, run_at = native.hk_run_mmio, vcpu.fd, vcpu.run_page_address()
-                args = (ctypes.addressof(read8), batch_at)
-                last_at, err_ref = ctypes.addressof(last), ctypes.byref(err)
-                while outcome is None:
-                    n = run_mmio(fd, run_at, args[0], args[1], min(NATIVE_BATCH, limit - mmio_count),
-                                 last_at, err_ref)
-                    if n:
-                        record((_NATIVE, ctypes.string_at(batch_at, n * _native.REC_SIZE)))
-                        mmio_count += n
-                    if last[0] == 0:  # the batch (or max_exits) is full, not a non-MMIO exit
+    with vcpu.deadline(timeout):
+        if native is not None:
+            # MMIO exits in C (hostkvm/_native/runloop.c), the rest here.
+            batch = (_native.HkRec * NATIVE_BATCH)()
+            batch_at = ctypes.addressof(batch)
+            last = (ctypes.c_uint64 * 2)()
+            err = ctypes.c_int()
+            read8 = (ctypes.c_uint8 * 8).from_buffer_copy(payload.read_data(8))
+            run_mmio, fd, run_at = native.hk_run_mmio, vcpu.fd, vcpu.run_page_address()
+            args = (ctypes.addressof(read8), batch_at)
+            last_at, err_ref = ctypes.addressof(last), ctypes.byref(err)
+            while outcome is None:
+                n = run_mmio(fd, run_at, args[0], args[1], min(NATIVE_BATCH, limit - mmio_count),
+                             last_at, err_ref)
+                if n:
+                    record((_NATIVE, ctypes.string_at(batch_at, n * _native.REC_SIZE)))
+                    mmio_count += n
+                if last[0] == 0:  # the batch (or max_exits) is full, not a non-MMIO exit
+                    if mmio_count >= limit:
+                        outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
+                    continue
+                if err.value == errno.EINTR:
+                    vcpu.clear_immediate_exit()
+                    e: object = _INTR
+                elif err.value:
+                    raise ioctl_error(KvmIoctl.KVM_RUN, OSError(err.value, os.strerror(err.value)),
+                                      f"vcpu {vcpu.id}")
+                else:
+                    e = decode_exit(page)
+                outcome = other_exit(e, last[0], last[1])
+        else:
+            while True:
+                t0 = mono()
+                e = None
+                try:
+                    kvm_run()
+                except OSError as error:
+                    if error.errno != errno.EINTR:
+                        raise ioctl_error(KvmIoctl.KVM_RUN, error, f"vcpu {vcpu.id}") from None
+                    vcpu.clear_immediate_exit()
+                    e = _INTR
+                t1 = mono()
+                if raw_stats is not None:
+                    per_run_stats.append(raw_stats())
+                if e is None:
+                    reason, gpa, data, length, is_write, rcx, rip = unpack(page, unpack_at)
+                    if reason == 6:  # KVM_EXIT_MMIO: the hot path
+                        if not is_write:
+                            # record the value the read completes with, not what kvm_run held
+                            data = read_cache.get(length)
+                            if data is None:
+                                data = read_cache[length] = payload.read_data(length)
+                            page[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
+                        record((t0, t1, 6, gpa, length, is_write, data, rip, rcx, None))
+                        mmio_count += 1
                         if mmio_count >= limit:
                             outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
+                            break
                         continue
-                    if err.value == errno.EINTR:
-                        vcpu.clear_immediate_exit()
-                        e: object = _INTR
-                    elif err.value:
-                        raise ioctl_error(KvmIoctl.KVM_RUN, OSError(err.value, os.strerror(err.value)),
-                                          f"vcpu {vcpu.id}")
-                    else:
-                        e = decode_exit(page)
-                    outcome = other_exit(e, last[0], last[1])
-            else:
-                while True:
-                    t0 = mono()
-                    e = None
-                    try:
-                        kvm_run()
-                    except OSError as error:
-                        if error.errno != errno.EINTR:
-                            raise ioctl_error(KvmIoctl.KVM_RUN, error, f"vcpu {vcpu.id}") from None
-                        vcpu.clear_immediate_exit()
-                        e = _INTR
-                    t1 = mono()
-                    if raw_stats is not None:
-                        per_run_stats.append(raw_stats())
-                    if e is None:
-                        reason, gpa, data, length, is_write, rcx, rip = unpack(page, unpack_at)
-                        if reason == 6:  # KVM_EXIT_MMIO: the hot path
-                            if not is_write:
-                                # record the value the read completes with, not what kvm_run held
-                                data = read_cache.get(length)
-                                if data is None:
-                                    data = read_cache[length] = payload.read_data(length)
-                                page[MMIO_DATA_OFFSET : MMIO_DATA_OFFSET + length] = data
-                            record((t0, t1, 6, gpa, length, is_write, data, rip, rcx, None))
-                            mmio_count += 1
-                            if mmio_count >= limit:
-                                outcome = Outcome("timeout", message=f"stopped after {max_exits} exits")
-                                break
-                            continue
-                        e = decode_exit(page)
-                    outcome = other_exit(e, t0, t1)
-                    if outcome is not None:
-                        break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+                    e = decode_exit(page)
+                outcome = other_exit(e, t0, t1)
+                if outcome is not None:
+                    break
     wall = mono() - t_start
     if native is not None:
         records = _expand_native(records)

@@ -49,7 +49,11 @@ def _log2_histogram_sorted(v: Sequence[int]) -> list[list[int]]:
 
 def summarize(values: Iterable[int]) -> dict[str, Any]:
     """count, min, p50, p90, p99, max and a log2 histogram of *values* (ns)."""
-    v = sorted(values)
+    return summarize_sorted(sorted(values))
+
+
+def summarize_sorted(v: Sequence[int]) -> dict[str, Any]:
+    """:func:`summarize` of values that are already sorted."""
     if not v:
         return {"count": 0}
     return {
@@ -74,25 +78,42 @@ def first_touch_classes(gpas: Sequence[int]) -> list[str]:
 
 
 _FEW_KEYS = 16  # up to this many distinct keys, group() filters once per key in C
+_FEW_OTHERS = 64  # a group that lacks at most this many values is cut out of the sorted whole
 
 
-def group(values: Sequence[Any], keys: Sequence[Any], *, whole: dict[str, Any] | None = None
+def group(values: Sequence[Any], keys: Sequence[Any], *, sorted_values: Sequence[int] | None = None
           ) -> dict[Any, dict[str, Any]]:
-    """Summaries of *values* grouped by the parallel *keys*, in key order. *whole*, the
-    :func:`summarize` of all *values* if the caller has it, serves a group that holds them all."""
+    """Summaries of *values* grouped by the parallel *keys*, in key order.
+
+    *sorted_values*, ``sorted(values)`` if the caller has it, spares sorting the groups that
+    hold all but a few of the values (a run's repeat exits, or its one page): their sorted
+    values are the whole less the few others, removed by bisection.
+    """
     if len(values) != len(keys):
         raise ValueError(f"{len(values)} values but {len(keys)} keys")
+    if sorted_values is not None and len(sorted_values) != len(values):
+        raise ValueError(f"{len(values)} values but {len(sorted_values)} sorted values")
     distinct = set(keys)
-    if whole is not None and len(distinct) == 1:
-        return {k: whole for k in distinct}
     by: dict[Any, list[int]]
-    if len(distinct) <= _FEW_KEYS:
+    if len(distinct) == 1:
+        by = {k: list(values) for k in distinct}
+    elif len(distinct) <= _FEW_KEYS:
         by = {k: list(itertools.compress(values, map(operator.eq, keys, itertools.repeat(k)))) for k in distinct}
     else:
         by = {k: [] for k in distinct}
         for v, k in zip(values, keys):
             by[k].append(v)
-    return {k: summarize(by[k]) for k in sorted(distinct)}
+    out = {}
+    for k in sorted(distinct):
+        if sorted_values is not None and len(values) - len(by[k]) <= _FEW_OTHERS:
+            rest = list(sorted_values)
+            for other in distinct - {k}:
+                for x in by[other]:
+                    del rest[bisect.bisect_left(rest, x)]
+            out[k] = summarize_sorted(rest)
+        else:
+            out[k] = summarize(by[k])
+    return out
 
 
 def format_summary(name: str, s: Mapping[str, Any], unit: str = "ns") -> str:

@@ -35,7 +35,6 @@ import ctypes
 import ctypes.util
 import errno
 import functools
-import gc
 import itertools
 import operator
 import os
@@ -49,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, overload
 
+from hostkvm import _gc
 from hostkvm.errors import TraceError
 
 TRACEFS_DEFAULT_PATH = "/sys/kernel/tracing"
@@ -571,6 +571,30 @@ class TraceEvents(Sequence[TraceEvent]):
             kind.append(k)
         return cls(ts, cpus, raw, kind, tuple(decs))
 
+    @classmethod
+    def concat(cls, parts: Sequence[TraceEvents]) -> TraceEvents:
+        """The events of *parts* together, in timestamp order (stable: the order of *parts*
+        breaks ties)."""
+        kinds: list[Decoder] = []
+        index: dict[int, int] = {}
+        ts: list[int] = []
+        cpus: list[int] = []
+        raw: list[tuple[Any, ...]] = []
+        kind: list[int] = []
+        for part in parts:
+            remap = []
+            for d in part._decoders:
+                k = index.get(id(d))
+                if k is None:
+                    k = index[id(d)] = len(kinds)
+                    kinds.append(d)
+                remap.append(k)
+            ts += part.ts
+            cpus += part.cpus
+            raw += part._raw
+            kind += part._kind if remap == list(range(len(remap))) else map(remap.__getitem__, part._kind)
+        return _by_timestamp(ts, cpus, raw, kind, tuple(kinds))
+
     def __len__(self) -> int:
         return len(self.ts)
 
@@ -657,7 +681,7 @@ def decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decoder
     pages = list(pages)
     # Hundreds of thousands of new objects would trigger the cyclic GC over and over (it
     # more than doubles the decode time); none of them can form a cycle.
-    with _gc_paused():
+    with _gc.paused():
         if native:
             from hostkvm import _native
 
@@ -745,17 +769,6 @@ def _by_timestamp(ts_col: list[int], cpu_col: list[int], raw_col: list[tuple[Any
         raw_col = [raw_col[i] for i in order]
         kind_col = [kind_col[i] for i in order]
     return TraceEvents(ts_col, cpu_col, raw_col, kind_col, kinds)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _decode_pages(pages: Iterable[tuple[int, bytes]], decoders: dict[int, Decoder],
@@ -1001,6 +1014,8 @@ def _drain_loop(ref: weakref.ref[TraceCapture], stop: threading.Event, interval:
             return
         try:
             cap.drain()
+            if cap.decode_in_background:
+                cap._decode_drained()
         except BaseException as e:  # reported by collect()
             cap._drain_error = e
             return
@@ -1019,6 +1034,11 @@ class TraceCapture:
     * ``drain_interval``: seconds between background reads of the ring buffer into memory
       (``None``: read only in :meth:`drain` / :meth:`collect`; size the buffer for the
       whole run then).
+
+    :attr:`decode_in_background` (default False): the background drain also decodes what it
+    read, so that :meth:`collect` only decodes the last pages. Set it while the traced
+    thread runs without the GIL (the native run loop does): in a thread that needs the GIL
+    between ``KVM_RUN`` calls, the decoding would delay it.
 
     Entering creates the instance and starts tracing; :meth:`collect` stops it and returns
     the events; leaving (also on errors and Ctrl-C) removes the instance. Only files inside
@@ -1048,6 +1068,9 @@ class TraceCapture:
         self._decoders: dict[int, Decoder] = {}
         self._pages: list[tuple[int, bytes]] = []
         self._pages_lock = threading.Lock()
+        self.decode_in_background = False
+        self._decoded: list[TraceEvents] = []  # what the background drain decoded, in read order
+        self._unknown: dict[int, Decoder | None] = {}
         self._drain_error: BaseException | None = None
         self._cpus: list[int] = []
         self._state: dict[str, Any] = {}
@@ -1244,9 +1267,10 @@ class TraceCapture:
         if not self._stopped:
             self.stop()
         self.drain()
-        if self._drain_error is not None:
+        drain_error = self._drain_error
+        if drain_error is not None and not isinstance(drain_error, TraceError):
             raise TraceError(f"tracefs: background drain of {self.name} failed: "
-                             f"{self._drain_error}") from self._drain_error
+                             f"{drain_error}") from drain_error
         lost = self._lost = self.lost_events()
         if "path" in self._state and "remover" not in self._state:
             remover = threading.Thread(target=_teardown, args=(self._state,), name=f"{self.name}-remove")
@@ -1259,14 +1283,29 @@ class TraceCapture:
                 f"ring buffer of {self.name} lost events ({desc}): raise buffer_size_kb "
                 f"(now {self.buffer_size_kb}) or drain more often"
             )
+        if drain_error is not None:
+            raise drain_error  # the background decoding found a bad page (or lost events)
+        self._decode_drained()
+        parts, self._decoded = self._decoded, []
+        return TraceEvents.concat(parts)
+
+    def _decode_drained(self) -> None:
+        """Decode the pages drained so far (the drain thread, or collect() after it stopped)."""
         with self._pages_lock:
             pages, self._pages = self._pages, []
-        # Stable sort by CPU keeps each CPU's pages in read order.
-        pages.sort(key=lambda cp: cp[0])
-        return decode_pages(pages, self._decoders, self.layout, unknown=self._unknown_decoder)
+        if pages:
+            # Stable sort by CPU keeps each CPU's pages in read order.
+            pages.sort(key=lambda cp: cp[0])
+            self._decoded.append(decode_pages(pages, self._decoders, self.layout, unknown=self._unknown_decoder))
 
     def _unknown_decoder(self, ev_id: int) -> Decoder | None:
-        """Find the format of an event ID nobody asked for (e.g. ``ftrace:print``)."""
+        """Find the format of an event ID nobody asked for (e.g. ``ftrace:print``); looked
+        up once per capture."""
+        if ev_id not in self._unknown:
+            self._unknown[ev_id] = self._find_decoder(ev_id)
+        return self._unknown[ev_id]
+
+    def _find_decoder(self, ev_id: int) -> Decoder | None:
         assert self.tracefs is not None
         root = os.path.join(self.tracefs.path, "events")
         for system in sorted(os.listdir(root)):
@@ -1347,18 +1386,39 @@ def _as_columns(events: Sequence[TraceEvent]) -> TraceEvents:
     return events if isinstance(events, TraceEvents) else TraceEvents.from_events(events)
 
 
-def _search_sorted(a: list[int], values: list[int], *, right: bool) -> list[int]:
-    """``[bisect_left(a, v) for v in values]`` (``bisect_right`` with *right*) for sorted
-    *a* and *values*: one merge walk in C when the native library is there."""
+def _cut_windows(ts: list[int], windows: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """``(first, end)``: window ``k`` holds ``ts[first[k]:end[k]]`` (start and end included).
+    Raises ValueError if *ts* is not sorted or the windows are not in order."""
     from hostkvm import _native
 
     lib = _native.load()
-    if lib is None or not a or not values or min(a[0], values[0]) < 0 or max(a[-1], values[-1]) >= 1 << 64:
-        return list(map(functools.partial(bisect.bisect_right if right else bisect.bisect_left, a), values))
-    aa, vv = array.array("Q", a), array.array("Q", values)
-    out = array.array("Q", bytes(8 * len(values)))
-    lib.hk_search_sorted(aa.buffer_info()[0], len(aa), vv.buffer_info()[0], len(vv), int(right), out.buffer_info()[0])
-    return out.tolist()
+    if lib is not None:
+        try:
+            aa = array.array("Q", ts)
+            edges = array.array("Q", itertools.chain.from_iterable(windows))
+        except OverflowError:  # a negative or 65-bit value: bisect copes
+            pass
+        else:
+            if len(edges) != 2 * len(windows):
+                raise ValueError("windows must be (start_ns, end_ns) pairs")
+            cut = array.array("Q", bytes(len(edges) * 8))
+            if lib.hk_cut_windows(aa.buffer_info()[0], len(aa), edges.buffer_info()[0], len(windows),
+                                  cut.buffer_info()[0]) == 0:
+                both = cut.tolist()
+                return both[0::2], both[1::2]
+            # Unsorted input: the checks below say where.
+    starts = [w[0] for w in windows]
+    ends = [w[1] for w in windows]
+    if not all(map(operator.le, starts, ends)):
+        i = next(k for k, (s, e) in enumerate(zip(starts, ends)) if e < s)
+        raise ValueError(f"window {i} ends before it starts ({starts[i]} > {ends[i]})")
+    if not all(map(operator.le, ends[:-1], starts[1:])):
+        i = next(k for k in range(1, len(starts)) if starts[k] < ends[k - 1])
+        raise ValueError(f"window {i} starts before window {i - 1} ends")
+    if ts != sorted(ts):
+        raise ValueError("events must be sorted by ts")
+    return (list(map(functools.partial(bisect.bisect_left, ts), starts)),
+            list(map(functools.partial(bisect.bisect_right, ts), ends)))
 
 
 def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[int, int]],
@@ -1368,17 +1428,10 @@ def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[i
 
     *events* must be sorted by ``ts`` (as :meth:`TraceCapture.collect` returns them);
     *windows* must be in order and must not overlap (one vCPU thread). With *pid*, only
-    that thread's events are attributed; the others go to ``outside``.
+    that thread's events are attributed; the others go to ``outside``. The timestamps are
+    cut at every window edge in one merge walk in C (``hk_cut_windows``; ``bisect`` without
+    the native library).
     """
-    starts = [w[0] for w in windows]
-    ends = [w[1] for w in windows]
-    # Validated and cut with C-level calls: this runs once per round trip.
-    if not all(map(operator.le, starts, ends)):
-        i = next(k for k, (s, e) in enumerate(zip(starts, ends)) if e < s)
-        raise ValueError(f"window {i} ends before it starts ({starts[i]} > {ends[i]})")
-    if not all(map(operator.le, ends[:-1], starts[1:])):
-        i = next(k for k in range(1, len(starts)) if starts[k] < ends[k - 1])
-        raise ValueError(f"window {i} starts before window {i - 1} ends")
     cols = _as_columns(events)
     others: list[int] = []
     if pid is not None:
@@ -1387,10 +1440,7 @@ def attribute_to_windows(events: Sequence[TraceEvent], windows: Sequence[tuple[i
             others = [i for i, p in enumerate(pids) if p != pid]
             cols, all_cols = cols.select(i for i, p in enumerate(pids) if p == pid), cols
     ts = cols.ts
-    if ts != sorted(ts):
-        raise ValueError("events must be sorted by ts")
-    first = _search_sorted(ts, starts, right=False)
-    end = _search_sorted(ts, ends, right=True)
+    first, end = _cut_windows(ts, windows)
     out_idx: list[int] = []
     if sum(map(operator.sub, end, first)) != len(ts):
         prev = 0

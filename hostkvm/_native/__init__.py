@@ -115,9 +115,9 @@ def load() -> ctypes.CDLL | None:
     walk.restype = ctypes.c_long
     walk.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
                      ctypes.POINTER(HkRbLayout), *[ctypes.c_void_p] * 5]
-    search = lib.hk_search_sorted
-    search.restype = None
-    search.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
+    cut = lib.hk_cut_windows
+    cut.restype = ctypes.c_int
+    cut.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
     return lib
 
 

@@ -121,23 +121,36 @@ long hk_rb_walk(const uint8_t *buf, const uint64_t *page_offset, const uint32_t 
 }
 
 /*
- * hk_search_sorted(): for each of the m ascending values v[], how many of the n ascending
- * values a[] are below it (right == 0: Python's bisect_left) or not above it (right != 0:
- * bisect_right), in one merge walk. Attributing events to KVM_RUN windows cuts the sorted
- * event timestamps at every window's start and end. Unsorted input gives wrong counts,
- * never a read outside the arrays.
+ * hk_cut_windows(): attribute n ascending event timestamps ts[] to m KVM_RUN windows given
+ * as edges[] = {start0, end0, start1, end1, ...}. cut[2i] counts the events before window
+ * i starts (Python's bisect_left(ts, start_i)), cut[2i + 1] the events up to its end
+ * included (bisect_right(ts, end_i)): window i holds ts[cut[2i]:cut[2i + 1]]. One merge walk.
+ *
+ * Returns 0, or 1 if ts[] is not ascending, or 2 if the edges are not (a window ending
+ * before it starts, or starting before the previous one ends): the caller says where.
+ * Bad input never reads outside the arrays.
  */
-void hk_search_sorted(const uint64_t *a, long n, const uint64_t *v, long m, int right, uint64_t *out)
+int hk_cut_windows(const uint64_t *ts, long n, const uint64_t *edges, long m, uint64_t *cut)
 {
-	long j = 0;
+	long j = 0, k = 0;
 
+	for (long x = 1; x < n; x++)
+		if (ts[x] < ts[x - 1])
+			return 1;
+	for (long x = 1; x < 2 * m; x++)
+		if (edges[x] < edges[x - 1])
+			return 2;
+	/* Two cursors: where one window ends and the next starts at the same ns, an event at
+	 * that ns belongs to both, as with bisect. */
 	for (long i = 0; i < m; i++) {
-		if (right)
-			while (j < n && a[j] <= v[i])
-				j++;
-		else
-			while (j < n && a[j] < v[i])
-				j++;
-		out[i] = (uint64_t)j;
+		while (j < n && ts[j] < edges[2 * i])
+			j++;
+		cut[2 * i] = (uint64_t)j;
+		if (k < j)
+			k = j;
+		while (k < n && ts[k] <= edges[2 * i + 1])
+			k++;
+		cut[2 * i + 1] = (uint64_t)k;
 	}
+	return 0;
 }

@@ -188,9 +188,11 @@ def test_collect_removes_the_instance_in_the_background(tracefs: T.Tracefs) -> N
     assert not [t for t in threading.enumerate() if t.name.startswith(cap.name or "?")]
 
 
-def test_background_drain_keeps_a_small_buffer_lossless(tracefs: T.Tracefs) -> None:
+@pytest.mark.parametrize("decode_in_background", [False, True], ids=["decode-at-collect", "decode-in-drain"])
+def test_background_drain_keeps_a_small_buffer_lossless(tracefs: T.Tracefs, decode_in_background: bool) -> None:
     n = 0
     with TraceCapture([GETPPID], tracefs=tracefs, buffer_size_kb=64, drain_interval=0.005) as cap:
+        cap.decode_in_background = decode_in_background
         deadline = time.monotonic() + 0.3
         while time.monotonic() < deadline:
             for _ in range(200):
@@ -199,6 +201,8 @@ def test_background_drain_keeps_a_small_buffer_lossless(tracefs: T.Tracefs) -> N
             time.sleep(0.002)  # let the drain thread run
         events = cap.collect()
     assert len(events) == n
+    assert events.ts == sorted(events.ts)
+    assert set(events.names()) == {"sys_enter_getppid"}
 
 
 def test_keyboard_interrupt_removes_the_instance(tracefs: T.Tracefs) -> None:

@@ -84,7 +84,17 @@ def test_first_touch_classes_match_the_definition(gpas: list[int]) -> None:
     assert timing.first_touch_classes(gpas) == expect
 
 
-def test_group_reuses_the_whole_summary_for_a_single_group() -> None:
-    whole = timing.summarize([3, 1, 2])
-    assert timing.group([3, 1, 2], ["p", "p", "p"], whole=whole)["p"] is whole
-    assert timing.group([3, 1, 2], ["p", "q", "p"], whole=whole)["p"] == timing.summarize([3, 2])
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50))),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), min_size=1, max_size=80))
+def test_group_cuts_nearly_whole_groups_out_of_the_sorted_values(
+        few: list[tuple[int, int]], many: list[tuple[int, int]]) -> None:
+    """A big group next to a few others (with repeated values) summarizes as if sorted on its own."""
+    pairs = [(9, v) for _, v in many] + few
+    keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+    assert timing.group(values, keys, sorted_values=sorted(values)) == timing.group(values, keys)
+
+
+def test_group_checks_its_sorted_values() -> None:
+    with pytest.raises(ValueError, match="sorted values"):
+        timing.group([3, 1, 2], ["p", "q", "p"], sorted_values=[1, 2])
+    assert timing.group([3, 1, 2], ["p", "q", "p"], sorted_values=[1, 2, 3])["p"] == timing.summarize([3, 2])

@@ -393,17 +393,32 @@ def test_attribute_to_windows() -> None:
 
 
 @given(st.lists(st.integers(0, 2**64 - 1)), st.lists(st.integers(0, 2**64 - 1)))
-def test_search_sorted_is_bisect(a: list[int], values: list[int]) -> None:
-    """The C merge walk that cuts event timestamps at window edges is bisect_left/right."""
+def test_cut_windows_is_bisect(ts: list[int], edges: list[int]) -> None:
+    """The C merge walk that cuts event timestamps at window edges is bisect_left at each
+    start and bisect_right at each end, also with repeated timestamps on the edges."""
     assert _native.load() is not None, _native.unavailable_reason()
-    a.sort()
-    values.sort()
-    assert T._search_sorted(a, values, right=False) == [bisect.bisect_left(a, v) for v in values]
-    assert T._search_sorted(a, values, right=True) == [bisect.bisect_right(a, v) for v in values]
-    ties = sorted(a + a[: len(a) // 2])  # repeated timestamps, and values equal to them
-    edges = sorted(values + ties)
-    for right, cut in ((False, bisect.bisect_left), (True, bisect.bisect_right)):
-        assert T._search_sorted(ties, edges, right=right) == [cut(ties, v) for v in edges]
+    ts.sort()
+    for ts_, edges_ in ((ts, sorted(edges)), (sorted(ts + ts[: len(ts) // 2]), sorted(edges + ts))):
+        edges_ = edges_[: len(edges_) // 2 * 2]
+        windows = list(zip(edges_[0::2], edges_[1::2]))
+        first, end = T._cut_windows(ts_, windows)
+        assert first == [bisect.bisect_left(ts_, s) for s, _ in windows]
+        assert end == [bisect.bisect_right(ts_, e) for _, e in windows]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-cut", "bisect"])
+def test_cut_windows_rejects_unsorted_input(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not native:
+        monkeypatch.setattr(_native, "load", lambda: None)
+    assert T._cut_windows([1, 2, 2, 9], [(0, 2), (2, 5)]) == ([0, 1], [3, 3])
+    with pytest.raises(ValueError, match="sorted by ts"):
+        T._cut_windows([1, 3, 2], [(0, 5)])
+    with pytest.raises(ValueError, match="window 1 ends before it starts"):
+        T._cut_windows([1], [(0, 1), (5, 4)])
+    with pytest.raises(ValueError, match="window 2 starts before window 1 ends"):
+        T._cut_windows([1], [(0, 1), (2, 6), (5, 7)])
+    # Values no u64 holds go the bisect way, with the same answers.
+    assert T._cut_windows([-5, 1], [(-9, -5), (0, 2**64)]) == ([0, 1], [1, 2])
 
 
 def test_attribute_to_windows_by_pid() -> None:
@@ -442,6 +457,18 @@ def test_trace_events_sequence() -> None:
     with pytest.raises(ValueError, match="fields"):
         TraceEvent.make(MMIO, 0, 0, 0, [1])
 
+
+
+def test_trace_events_concat_sorts_stably_and_merges_formats() -> None:
+    a = TraceEvents.from_events([ev(MMIO, 1, gpa=0x10), ev(EXIT, 5, reason=6)])
+    b = TraceEvents.from_events([ev(EXIT, 3, reason=2), ev(MMIO, 5, gpa=0x20)])
+    both = TraceEvents.concat([a, b])
+    assert both.ts == [1, 3, 5, 5]
+    # The tie at 5 keeps the order of the parts: a's exit, then b's mmio.
+    assert both.names() == ["kvm_mmio", "kvm_userspace_exit", "kvm_userspace_exit", "kvm_mmio"]
+    assert list(both) == [a[0], b[0], a[1], b[1]]
+    assert len(TraceEvents.concat([])) == 0
+    assert list(TraceEvents.concat([a])) == list(a)
 
 # --- tracefs discovery and capture lifecycle without a real tracefs --------------------------
 
