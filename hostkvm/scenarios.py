@@ -344,9 +344,16 @@ register(s)
 
 
 CHURN_ROUNDS = 2000
+# The host thread pauses this long after each create/delete/flags round. Every memslot
+# change zaps all shadow pages (kvm_mmu_zap_all_fast), and an unpaced loop zaps faster
+# than the vCPU rebuilds them: on PVM it made ~100 rounds per guest round and starved the
+# vCPU for 20-45 s. Paced, about one round lands per guest round, at random points of it.
+CHURN_PAUSE_S = 20e-6
 
 
 def _memslot_churn(s: Scenario, kvm: Any, cfg: Any, res: Any) -> None:
+    import time
+
     from hostkvm.compare import Divergence
     from hostkvm.harness import Machine
 
@@ -391,6 +398,7 @@ finish:
             flags ^= KVM_MEM_LOG_DIRTY_PAGES
             m.vm.set_memslot_flags(ram_slot.slot, flags)
             ops["flags"] += 1
+            time.sleep(CHURN_PAUSE_S)
 
     with Machine(image, kvm=kvm) as m:
         results = _run_vcpus(m, s.timeout, host_work=churn)
