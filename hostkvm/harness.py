@@ -373,8 +373,10 @@ def run_machine(
     MMIO reads are completed with the payload's ``read:`` value; port-I/O INs with zeros.
     *on_sync* is called at every ``UCALL_SYNC`` (the host may change memslots, memory...).
     With a started *capture*, the events of each ``KVM_RUN`` round trip are attached to
-    its exit (the capture is collected, which stops it). With *stats_per_exit*, each exit
-    carries the vCPU stats delta of its round trip (one ``pread`` per ``KVM_RUN``).
+    its exit (the capture is collected, which stops it; while the native loop runs, the
+    capture's drain thread also decodes, see ``TraceCapture.decode_in_background``). With
+    *stats_per_exit*, each exit carries the vCPU stats delta of its round trip (one
+    ``pread`` per ``KVM_RUN``).
 
     The cyclic garbage collector is paused for the whole call (see :mod:`hostkvm._gc`).
     """
