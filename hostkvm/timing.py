@@ -94,25 +94,29 @@ def group(values: Sequence[Any], keys: Sequence[Any], *, sorted_values: Sequence
     if sorted_values is not None and len(sorted_values) != len(values):
         raise ValueError(f"{len(values)} values but {len(sorted_values)} sorted values")
     distinct = set(keys)
-    by: dict[Any, list[int]]
+    by: dict[Any, Sequence[int]]
     if len(distinct) == 1:
-        by = {k: list(values) for k in distinct}
+        by = {k: values for k in distinct}
     elif len(distinct) <= _FEW_KEYS:
         by = {k: list(itertools.compress(values, map(operator.eq, keys, itertools.repeat(k)))) for k in distinct}
     else:
-        by = {k: [] for k in distinct}
+        lists: dict[Any, list[int]] = {k: [] for k in distinct}
         for v, k in zip(values, keys):
-            by[k].append(v)
+            lists[k].append(v)
+        by = lists
     out = {}
     for k in sorted(distinct):
-        if sorted_values is not None and len(values) - len(by[k]) <= _FEW_OTHERS:
+        others = len(values) - len(by[k])
+        if sorted_values is None or others > _FEW_OTHERS:
+            out[k] = summarize(by[k])
+            continue
+        rest = sorted_values
+        if others:
             rest = list(sorted_values)
             for other in distinct - {k}:
                 for x in by[other]:
                     del rest[bisect.bisect_left(rest, x)]
-            out[k] = summarize_sorted(rest)
-        else:
-            out[k] = summarize(by[k])
+        out[k] = summarize_sorted(rest)
     return out
 
 
